@@ -1,0 +1,34 @@
+"""minidl: a small deep-learning framework on NumPy (CPU) and CuPy (GPU), built to learn from.
+
+>>> import minidl
+>>> x = minidl.tensor([1.0, 2.0, 3.0], requires_grad=True)
+>>> (x * x).sum().backward()
+>>> x.grad
+tensor([2., 4., 6.])
+"""
+
+from minidl import functional
+from minidl.autograd import (
+    Function,
+    Tensor,
+    enable_grad,
+    is_grad_enabled,
+    no_grad,
+    ones,
+    rand,
+    randn,
+    set_grad_enabled,
+    tensor,
+    zeros,
+)
+from minidl.backend import Device, cuda_is_available
+from minidl.gradcheck import gradcheck, gradgradcheck
+from minidl.random import manual_seed
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Device", "Function", "Tensor", "cuda_is_available", "enable_grad", "functional",
+    "gradcheck", "gradgradcheck", "is_grad_enabled", "manual_seed", "no_grad", "ones", "rand",
+    "randn", "set_grad_enabled", "tensor", "zeros",
+]

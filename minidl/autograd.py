@@ -1,0 +1,721 @@
+"""The autograd engine: ``Tensor``, ``Function``, the define-by-run graph and its backward walk.
+
+A ``Tensor`` wraps a NumPy or CuPy array. When an op runs on tensors that require grad (and
+grad mode is on), it records a ``Function`` node that remembers its inputs; the graph is
+built as the program runs ("define-by-run"). ``Tensor.backward()`` then visits the recorded
+functions in *reverse topological order*: a function's ``backward`` may run only once the
+gradients from *all* its consumers have been summed, which is exactly what a topological
+order guarantees (a plain depth-first recursion would visit a shared node too early, and
+hit Python's recursion limit on deep graphs; the walk here is iterative).
+
+Each ``Function.backward`` is written with differentiable tensor ops, so running the
+backward pass with ``create_graph=True`` records a graph of the gradient computation itself,
+which gives higher-order gradients for free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from minidl import backend
+from minidl.backend import Device
+
+_DEFAULT_FLOAT = np.float32
+
+# ----------------------------------------------------------------------------------------
+# grad mode
+
+
+class _GradMode:
+    enabled = True
+
+
+def is_grad_enabled() -> bool:
+    """Return True when ops record the graph (the default)."""
+    return _GradMode.enabled
+
+
+class set_grad_enabled(contextlib.ContextDecorator):
+    """Context manager and decorator that turns graph recording on or off.
+
+    >>> import minidl
+    >>> x = minidl.tensor([1.0], requires_grad=True)
+    >>> with minidl.set_grad_enabled(False):
+    ...     y = x * 2
+    >>> y.requires_grad
+    False
+    """
+
+    def __init__(self, mode: bool) -> None:
+        self.mode = bool(mode)
+        self._prev: list[bool] = []
+
+    def __enter__(self) -> None:
+        self._prev.append(_GradMode.enabled)
+        _GradMode.enabled = self.mode
+
+    def __exit__(self, *exc: object) -> None:
+        _GradMode.enabled = self._prev.pop()
+
+
+class no_grad(set_grad_enabled):
+    """Disable graph recording, e.g. for inference; usable as ``with`` or as a decorator.
+
+    >>> import minidl
+    >>> x = minidl.tensor([1.0, 2.0], requires_grad=True)
+    >>> with minidl.no_grad():
+    ...     y = x * 2
+    >>> y.requires_grad
+    False
+    """
+
+    def __init__(self) -> None:
+        super().__init__(False)
+
+
+class enable_grad(set_grad_enabled):
+    """Re-enable graph recording inside a ``no_grad`` block."""
+
+    def __init__(self) -> None:
+        super().__init__(True)
+
+
+# ----------------------------------------------------------------------------------------
+# Function
+
+
+class Function:
+    """One differentiable operation: a node of the graph.
+
+    Subclasses implement:
+
+    * ``forward(self, *arrays)``: raw NumPy/CuPy arrays in, an array (or a tuple of arrays)
+      out. Keep only what backward needs (``self.save_for_backward`` or attributes).
+    * ``backward(self, *grad_outputs)``: one gradient ``Tensor`` per output (``None`` is
+      replaced by zeros), returns one gradient ``Tensor`` (or ``None``) per input, written
+      with differentiable ops so that double backward works.
+
+    ``self.needs_input_grad[i]`` says whether input ``i`` wants a gradient, so backward can
+    skip work. Call an op with ``MyFunction.apply(*tensors, **options)``.
+    """
+
+    inputs: tuple[Tensor, ...] | None
+    needs_input_grad: tuple[bool, ...]
+
+    def __init__(self, **options: Any) -> None:
+        for k, v in options.items():
+            setattr(self, k, v)
+        self._saved: tuple | None = ()
+        self._outputs: list[weakref.ref] = []
+        self.inputs = None
+
+    @classmethod
+    def apply(cls, *inputs: Tensor, **options: Any) -> Any:
+        """Run the op on tensors and, in grad mode, record it in the graph."""
+        return cls(**options)._run(inputs)
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def _run(self, inputs: Sequence[Tensor]) -> Any:
+        for t in inputs:
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{self.name}: expected Tensor inputs, got {type(t).__name__}")
+        if len(inputs) > 1:
+            dev = inputs[0].device
+            for t in inputs[1:]:
+                if t.device != dev:
+                    raise RuntimeError(
+                        f"{self.name}: inputs are on different devices ({dev} and {t.device}); "
+                        "move them with .to(device) first"
+                    )
+        record = _GradMode.enabled and any(t.requires_grad for t in inputs)
+        self.needs_input_grad = tuple(record and t.requires_grad for t in inputs)
+        out = self.forward(*[t.data for t in inputs])
+        single = not isinstance(out, tuple)
+        outs = (out,) if single else out
+        tensors = tuple(Tensor._make(o, record and _is_float(o.dtype)) for o in outs)
+        if record:
+            self.inputs = tuple(inputs)
+            self._outputs = [weakref.ref(t) for t in tensors]
+            for t in tensors:
+                if t.requires_grad:
+                    t._ctx = self
+        else:
+            self._saved = None
+        return tensors[0] if single else tensors
+
+    def forward(self, *arrays: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{self.name}.forward is not implemented")
+
+    def backward(self, *grad_outputs: Tensor) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{self.name} is not differentiable")
+
+    def save_for_backward(self, *values: Any) -> None:
+        """Keep arrays or tensors for backward; freed after backward unless the graph is
+        retained."""
+        self._saved = values
+
+    @property
+    def saved(self) -> tuple:
+        if self._saved is None:
+            raise RuntimeError(
+                f"{self.name}: trying to backward through the graph a second time, but its "
+                "saved values were freed; pass retain_graph=True to the first backward()"
+            )
+        return self._saved
+
+    def output(self, i: int = 0) -> Tensor:
+        """The i-th output tensor (held weakly so the graph has no reference cycles)."""
+        t = self._outputs[i]()
+        if t is None:
+            raise RuntimeError(f"{self.name}: output {i} was freed before backward")
+        return t
+
+    def _release(self) -> None:
+        self._saved = None
+        self.inputs = None
+
+
+# ----------------------------------------------------------------------------------------
+# Tensor
+
+
+def _is_float(dtype: Any) -> bool:
+    return np.dtype(dtype).kind in "fc"
+
+
+class Tensor:
+    """An n-dimensional array that can record the ops applied to it and backpropagate.
+
+    Args:
+        data: a NumPy or CuPy array (use ``minidl.tensor`` to build from lists/scalars).
+        requires_grad: record ops on this tensor so that ``backward`` fills ``.grad``.
+
+    >>> import minidl
+    >>> x = minidl.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    >>> (x * x).sum().backward()
+    >>> x.grad
+    tensor([2., 4., 6.])
+    """
+
+    __slots__ = ("data", "grad", "_requires_grad", "_ctx", "_retain_grad", "name",
+                 "__weakref__")
+    # Make NumPy defer to Tensor's reflected operators (ndarray * Tensor -> Tensor.__rmul__).
+    __array_ufunc__ = None
+
+    def __init__(self, data: Any, requires_grad: bool = False, name: str | None = None) -> None:
+        if isinstance(data, Tensor):
+            data = data.data
+        xp = backend.get_array_module(data)
+        if not isinstance(data, xp.ndarray):
+            data = xp.asarray(data)
+            if data.dtype == np.float64:
+                data = data.astype(_DEFAULT_FLOAT)
+        self.data = data
+        self.grad: Tensor | None = None
+        self._ctx: Function | None = None
+        self._retain_grad = False
+        self._requires_grad = False
+        self.name = name
+        if requires_grad:
+            self.requires_grad = True
+
+    @classmethod
+    def _make(cls, data: Any, requires_grad: bool) -> Tensor:
+        # Fast path for op outputs: no conversions or checks.
+        t = cls.__new__(cls)
+        t.data = data
+        t.grad = None
+        t._ctx = None
+        t._retain_grad = False
+        t._requires_grad = requires_grad
+        t.name = None
+        return t
+
+    # -- basic properties ---------------------------------------------------------------
+    @property
+    def requires_grad(self) -> bool:
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        if value and not _is_float(self.data.dtype):
+            raise TypeError(
+                f"requires_grad: only floating-point tensors can require gradients, "
+                f"got dtype {self.data.dtype}"
+            )
+        if not value and self._ctx is not None:
+            raise RuntimeError(
+                "requires_grad: cannot turn off gradients of a non-leaf tensor; use .detach()"
+            )
+        self._requires_grad = bool(value)
+
+    def requires_grad_(self, value: bool = True) -> Tensor:
+        """Set ``requires_grad`` in place and return self."""
+        self.requires_grad = value
+        return self
+
+    @property
+    def is_leaf(self) -> bool:
+        """True for tensors not produced by a recorded op (parameters, inputs)."""
+        return self._ctx is None
+
+    @property
+    def grad_fn(self) -> Function | None:
+        """The Function that produced this tensor (None for leaves)."""
+        return self._ctx
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def size(self) -> int:
+        return int(self.data.size)
+
+    def numel(self) -> int:
+        return int(self.data.size)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def device(self) -> Device:
+        return backend.device_of(self.data)
+
+    @property
+    def xp(self) -> Any:
+        """The array module (numpy or cupy) holding this tensor."""
+        return backend.get_array_module(self.data)
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.data.shape[0]
+
+    def __repr__(self) -> str:
+        body = np.array2string(backend.to_numpy(self.data), separator=", ", prefix="tensor(")
+        extras = []
+        if self.dtype != _DEFAULT_FLOAT and self.dtype != np.int64 and self.dtype != np.bool_:
+            extras.append(f"dtype={self.dtype}")
+        if self.device.type != "cpu":
+            extras.append(f"device='{self.device}'")
+        if self._ctx is not None:
+            extras.append(f"grad_fn=<{self._ctx.name}>")
+        elif self.requires_grad:
+            extras.append("requires_grad=True")
+        return "tensor(" + body + "".join(", " + e for e in extras) + ")"
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __bool__(self) -> bool:
+        if self.size != 1:
+            raise RuntimeError(
+                f"bool(): the truth value of a tensor with {self.size} elements is ambiguous"
+            )
+        return bool(self.data)
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __index__(self) -> int:
+        if _is_float(self.dtype) or self.size != 1:
+            raise TypeError("only integer tensors of a single element can be used as an index")
+        return int(self.item())
+
+    # -- conversion -----------------------------------------------------------------------
+    def numpy(self) -> np.ndarray:
+        """Return the data as a NumPy array (copied from the GPU if needed).
+
+        Raises if the tensor requires grad, as PyTorch does, so that nobody edits a graph
+        input behind autograd's back; call ``.detach().numpy()``.
+        """
+        if self.requires_grad:
+            raise RuntimeError(
+                "numpy(): can't call numpy() on a tensor that requires grad; "
+                "use tensor.detach().numpy()"
+            )
+        return backend.to_numpy(self.data)
+
+    def item(self) -> Any:
+        """Return the single element as a Python number."""
+        if self.size != 1:
+            raise ValueError(f"item(): tensor has {self.size} elements, expected exactly one")
+        return backend.to_numpy(self.data).reshape(()).item()
+
+    def tolist(self) -> Any:
+        return backend.to_numpy(self.data).tolist()
+
+    def detach(self) -> Tensor:
+        """A new leaf tensor sharing the data, cut from the graph."""
+        return Tensor._make(self.data, False)
+
+    def to(self, device: str | Device) -> Tensor:
+        """Return this tensor on ``device`` (self if already there); differentiable."""
+        if Device(device) == self.device:
+            return self
+        from minidl.functional.math import to_device
+
+        return to_device(self, device)
+
+    def cpu(self) -> Tensor:
+        return self.to("cpu")
+
+    def cuda(self, index: int = 0) -> Tensor:
+        return self.to(f"cuda:{index}")
+
+    def astype(self, dtype: Any) -> Tensor:
+        """Cast to ``dtype``; differentiable between float dtypes."""
+        from minidl.functional.math import cast
+
+        return cast(self, dtype)
+
+    def float(self) -> Tensor:
+        return self.astype(np.float32)
+
+    def double(self) -> Tensor:
+        return self.astype(np.float64)
+
+    # -- autograd -------------------------------------------------------------------------
+    def retain_grad(self) -> None:
+        """Keep ``.grad`` on this non-leaf tensor after backward."""
+        if not self.requires_grad:
+            raise RuntimeError("retain_grad(): tensor does not require grad")
+        self._retain_grad = True
+
+    def zero_grad(self) -> None:
+        """Drop the accumulated gradient (``.grad = None``)."""
+        self.grad = None
+
+    def backward(
+        self,
+        grad: Tensor | Any | None = None,
+        retain_graph: bool = False,
+        create_graph: bool = False,
+    ) -> None:
+        """Backpropagate from this tensor, accumulating into ``.grad`` of the leaves.
+
+        Args:
+            grad: upstream gradient, same shape as self; may be omitted for one element.
+            retain_graph: keep saved values so backward can run again on this graph.
+            create_graph: record the backward pass itself, for higher-order gradients.
+        """
+        _run_backward([self], [grad], retain_graph, create_graph)
+
+    # -- operators (defined in minidl.functional; bound at the end of this module) --------
+    def __getitem__(self, index: Any) -> Tensor:
+        return minidl.functional.getitem(self, index)
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        if self.requires_grad or self._ctx is not None:
+            raise RuntimeError(
+                "__setitem__: in-place assignment into a tensor that is part of the graph "
+                "would corrupt gradients; detach() it or build a new tensor with where()"
+            )
+        self.data[index] = value.data if isinstance(value, Tensor) else value
+
+
+def _accumulate(a: Tensor | None, b: Tensor) -> Tensor:
+    return b if a is None else a + b
+
+
+def _toposort(roots: Sequence[Function]) -> list[Function]:
+    """Functions reachable from ``roots``, each after all functions that consume its outputs.
+
+    Iterative post-order depth-first search (no recursion, so deep graphs are fine);
+    reversing the post-order gives consumers before producers.
+    """
+    order: list[Function] = []
+    visited: set[int] = set()
+    stack: list[tuple[Function, bool]] = [(r, False) for r in roots]
+    while stack:
+        fn, done = stack.pop()
+        if done:
+            order.append(fn)
+            continue
+        if id(fn) in visited:
+            continue
+        visited.add(id(fn))
+        if fn.inputs is None:
+            raise RuntimeError(
+                f"{fn.name}: trying to backward through the graph a second time (its buffers "
+                "were freed); pass retain_graph=True to the first backward()"
+            )
+        stack.append((fn, True))
+        for t in fn.inputs:
+            if t._ctx is not None and id(t._ctx) not in visited:
+                stack.append((t._ctx, False))
+    order.reverse()
+    return order
+
+
+def _root_grad(root: Tensor, grad: Any) -> Tensor:
+    if not isinstance(root, Tensor):
+        raise TypeError(f"backward(): expected a Tensor, got {type(root).__name__}")
+    if not root.requires_grad:
+        raise RuntimeError(
+            "backward(): tensor does not require grad and has no grad_fn; did you create it "
+            "under no_grad() or forget requires_grad=True?"
+        )
+    if grad is None:
+        if root.size != 1:
+            raise RuntimeError(
+                f"backward(): grad can be implicitly created only for a single-element "
+                f"tensor, but this one has shape {root.shape}; pass grad=..."
+            )
+        return Tensor._make(root.xp.ones(root.data.shape, dtype=root.dtype), False)
+    if not isinstance(grad, Tensor):
+        grad = Tensor._make(root.xp.asarray(grad, dtype=root.dtype), False)
+    if grad.shape != root.shape:
+        raise ValueError(
+            f"backward(): grad has shape {grad.shape} but the tensor has shape {root.shape}"
+        )
+    if grad.dtype != root.dtype:
+        raise TypeError(f"backward(): grad dtype {grad.dtype} != tensor dtype {root.dtype}")
+    return grad
+
+
+def _run_backward(
+    roots: Sequence[Tensor],
+    root_grads: Sequence[Any],
+    retain_graph: bool,
+    create_graph: bool,
+    capture: Sequence[Tensor] | None = None,
+) -> dict[int, Tensor]:
+    """Backpropagate from ``roots``. Without ``capture``, gradients accumulate into the
+    leaves' ``.grad``; with it, the gradients of the captured tensors are returned instead
+    (keyed by ``id``) and no ``.grad`` is touched."""
+    # Pending gradients of non-leaf tensors, keyed by id. The tensor is kept in the entry so
+    # that it stays alive (and its id unique) until its creator runs, even after the
+    # consumer that referenced it released its inputs.
+    grads: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def add_grad(x: Tensor, g: Tensor) -> None:
+        prev = grads.get(id(x))
+        grads[id(x)] = (x, g if prev is None else prev[1] + g)
+
+    fns: list[Function] = []
+    for r, g in zip(roots, root_grads):
+        add_grad(r, _root_grad(r, g))
+        if r._ctx is not None:
+            fns.append(r._ctx)
+    wanted = {id(t) for t in capture} if capture is not None else set()
+    captured: dict[int, Tensor] = {}
+
+    def deliver(x: Tensor, gx: Tensor) -> None:
+        if capture is not None:
+            if id(x) in wanted:
+                captured[id(x)] = _accumulate(captured.get(id(x)), gx)
+        elif x._ctx is None:
+            x.grad = _accumulate(x.grad, gx if create_graph else gx.detach())
+
+    for r in roots:  # a root that is itself a leaf (or captured) gets its gradient directly
+        if r._ctx is None or id(r) in wanted:
+            deliver(r, grads[id(r)][1])
+
+    with set_grad_enabled(create_graph):
+        for fn in _toposort(fns):
+            gys = []
+            any_grad = False
+            for ref in fn._outputs:
+                out = ref()
+                entry = grads.pop(id(out), None) if out is not None else None
+                g = entry[1] if entry is not None else None
+                if g is not None:
+                    any_grad = True
+                    if out._retain_grad and capture is None:
+                        out.grad = g if create_graph else g.detach()
+                elif out is not None:
+                    g = Tensor._make(out.xp.zeros(out.data.shape, dtype=out.dtype), False)
+                gys.append(g)
+            if not any_grad:
+                if not retain_graph:
+                    fn._release()
+                continue
+            gxs = fn.backward(*gys)
+            if not isinstance(gxs, tuple):
+                gxs = (gxs,)
+            inputs = fn.inputs
+            if len(gxs) != len(inputs):
+                raise RuntimeError(
+                    f"{fn.name}.backward returned {len(gxs)} gradients for {len(inputs)} inputs"
+                )
+            for x, gx, need in zip(inputs, gxs, fn.needs_input_grad):
+                if gx is None or not need:
+                    continue
+                if gx.shape != x.shape or gx.dtype != x.dtype:
+                    raise RuntimeError(
+                        f"{fn.name}.backward returned a gradient of shape {gx.shape} and dtype "
+                        f"{gx.dtype} for an input of shape {x.shape} and dtype {x.dtype}"
+                    )
+                if x._ctx is None or id(x) in wanted:
+                    deliver(x, gx)
+                if x._ctx is not None:
+                    add_grad(x, gx)
+            if not retain_graph:
+                fn._release()
+    return captured
+
+
+def backward(
+    tensors: Tensor | Sequence[Tensor],
+    grad_tensors: Any = None,
+    retain_graph: bool = False,
+    create_graph: bool = False,
+) -> None:
+    """Backpropagate from several tensors at once, accumulating into the leaves' ``.grad``."""
+    tensors = [tensors] if isinstance(tensors, Tensor) else list(tensors)
+    grads = [None] * len(tensors) if grad_tensors is None else (
+        [grad_tensors] if isinstance(grad_tensors, Tensor) else list(grad_tensors))
+    _run_backward(tensors, grads, retain_graph, create_graph)
+
+
+def grad(
+    outputs: Tensor | Sequence[Tensor],
+    inputs: Tensor | Sequence[Tensor],
+    grad_outputs: Any = None,
+    retain_graph: bool | None = None,
+    create_graph: bool = False,
+    allow_unused: bool = False,
+) -> tuple[Tensor | None, ...]:
+    """Return d(outputs)/d(inputs) without touching any ``.grad`` (like
+    ``torch.autograd.grad``).
+
+    >>> import minidl
+    >>> x = minidl.tensor([3.0], requires_grad=True)
+    >>> (g,) = minidl.autograd.grad(x * x, x, create_graph=True)
+    >>> g.tolist(), minidl.autograd.grad(g, x)[0].tolist()
+    ([6.0], [2.0])
+    """
+    outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+    grads = [None] * len(outputs) if grad_outputs is None else (
+        [grad_outputs] if isinstance(grad_outputs, Tensor) else list(grad_outputs))
+    if len(grads) != len(outputs):
+        raise ValueError(f"grad(): {len(grads)} grad_outputs for {len(outputs)} outputs")
+    for i, t in enumerate(inputs):
+        if not t.requires_grad:
+            raise RuntimeError(f"grad(): input {i} does not require grad")
+    keep = create_graph if retain_graph is None else retain_graph
+    got = _run_backward(outputs, grads, keep, create_graph, capture=inputs)
+    result = tuple(got.get(id(t)) for t in inputs)
+    if not allow_unused and any(g is None for g in result):
+        i = next(i for i, g in enumerate(result) if g is None)
+        raise RuntimeError(f"grad(): input {i} was not used to compute the outputs; pass "
+                           "allow_unused=True to get None for it")
+    return result
+
+
+# ----------------------------------------------------------------------------------------
+# constructors
+
+
+def tensor(
+    data: Any,
+    dtype: Any = None,
+    device: str | Device | None = None,
+    requires_grad: bool = False,
+) -> Tensor:
+    """Build a tensor from a Python number, nested list, NumPy/CuPy array or Tensor.
+
+    Python floats become float32 (the default float type); Python ints become int64. A
+    NumPy array keeps its dtype (so a float64 array stays float64 for gradient checks).
+
+    >>> tensor([[1, 2], [3, 4]]).dtype
+    dtype('int64')
+    >>> tensor([0.5]).dtype
+    dtype('float32')
+    """
+    if isinstance(data, Tensor):
+        data = data.data
+    xp = backend.get_array_module(data)
+    dtype = None if dtype is None else np.dtype(dtype)
+    if isinstance(data, (xp.ndarray, np.generic)):
+        arr = xp.array(data, dtype=dtype, copy=True)
+    else:
+        arr = np.array(data, dtype=dtype)
+        if dtype is None and arr.dtype == np.float64:
+            arr = arr.astype(_DEFAULT_FLOAT)
+        elif dtype is None and arr.dtype.kind in "iu":
+            arr = arr.astype(np.int64)
+        if arr.dtype == object:
+            raise TypeError(f"tensor(): cannot build a tensor from {type(data).__name__}")
+    if device is not None:
+        arr = backend.to_device(arr, device)
+    return Tensor(arr, requires_grad=requires_grad)
+
+
+def _factory(fill: Callable[..., Any]) -> Callable[..., Tensor]:
+    @functools.wraps(fill)
+    def make(*shape: Any, dtype: Any = _DEFAULT_FLOAT, device: str | Device = "cpu",
+             requires_grad: bool = False) -> Tensor:
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        xp = Device(device).xp
+        return Tensor(fill(xp, shape, np.dtype(dtype)), requires_grad=requires_grad)
+
+    return make
+
+
+zeros = _factory(lambda xp, shape, dtype: xp.zeros(shape, dtype=dtype))
+zeros.__doc__ = "A tensor of zeros: ``zeros(2, 3)`` or ``zeros((2, 3), dtype=..., device=...)``."
+ones = _factory(lambda xp, shape, dtype: xp.ones(shape, dtype=dtype))
+ones.__doc__ = "A tensor of ones: ``ones(2, 3)`` or ``ones((2, 3), dtype=..., device=...)``."
+
+
+def randn(*shape: Any, dtype: Any = _DEFAULT_FLOAT, device: str | Device = "cpu",
+          requires_grad: bool = False) -> Tensor:
+    """Standard-normal samples from minidl's seeded generator (drawn on CPU, then moved).
+
+    >>> randn(2, 3).shape
+    (2, 3)
+    """
+    from minidl.random import default_generator
+
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    a = default_generator().standard_normal(shape).astype(dtype)
+    return Tensor(backend.to_device(a, device), requires_grad=requires_grad)
+
+
+def rand(*shape: Any, dtype: Any = _DEFAULT_FLOAT, device: str | Device = "cpu",
+         requires_grad: bool = False) -> Tensor:
+    """Uniform [0, 1) samples from minidl's seeded generator.
+
+    >>> rand(4).shape
+    (4,)
+    """
+    from minidl.random import default_generator
+
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    a = default_generator().random(shape).astype(dtype)
+    return Tensor(backend.to_device(a, device), requires_grad=requires_grad)
+
+
+def iter_graph(t: Tensor) -> Iterator[Function]:
+    """Yield the recorded Functions behind ``t`` in reverse topological order (debugging)."""
+    if t._ctx is not None:
+        yield from _toposort([t._ctx])
+
+
+# Ops live in minidl.functional, which imports this module and, once loaded, binds them to
+# Tensor as operators and methods; importing it here makes sure that has happened.
+import minidl.functional  # noqa: E402, F401

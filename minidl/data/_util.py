@@ -1,0 +1,80 @@
+"""Small helpers shared by the data package: its error types, where datasets live on disk
+by default, and atomic file writes.
+
+Everything that writes a file in ``minidl.data`` writes it under a temporary name in the
+same directory and then renames it with ``os.replace``, so that a crash or a full disk never
+leaves a half-written file under the final name for a later run to trust.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class DataFormatError(ValueError):
+    """A data file exists but is corrupt, truncated or not in the expected format."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The files of a dataset are not where they were looked for."""
+
+
+def default_data_root() -> Path:
+    """Return the directory minidl looks in (and downloads to) when no root is given.
+
+    In order: the environment variable ``MINIDL_DATA``; else ``$XDG_CACHE_HOME/minidl``; else
+    ``~/.cache/minidl``.
+
+    >>> isinstance(default_data_root(), Path)
+    True
+    """
+    env = os.environ.get("MINIDL_DATA")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME")
+    base = Path(cache).expanduser() if cache else Path.home() / ".cache"
+    return base / "minidl"
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
+    """Open a temporary file next to ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Never leave the temporary behind: a later run must not find half a file.
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def replace_dir(src: Path, dst: Path, overwrite: bool) -> None:
+    """Move the finished directory ``src`` to ``dst`` (same filesystem) as one rename.
+
+    If ``dst`` exists and ``overwrite`` is true, it is first renamed aside and deleted only
+    after ``src`` is in place, so ``dst`` is never observed half-written.
+    """
+    if dst.exists():
+        if not overwrite:
+            raise FileExistsError(f"{dst} already exists (pass overwrite=True to replace it)")
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
+        old.rmdir()
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)

@@ -1,0 +1,115 @@
+"""Differentiable functions, grouped by kind; also bound to ``Tensor`` as operators/methods.
+
+``minidl.functional`` (alias ``minidl.nn.functional``, spelled like PyTorch's) holds every
+op as a plain function. Each is a thin wrapper that checks its arguments and calls a
+``Function`` subclass defined beside it, so an op's forward and its local derivative sit
+next to each other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minidl.functional.activation import (
+    gelu,
+    leaky_relu,
+    log_softmax,
+    relu,
+    sigmoid,
+    softmax,
+    tanh,
+)
+from minidl.functional.linalg import linear, matmul
+from minidl.functional.loss import cross_entropy, mse_loss, softmax_cross_entropy
+from minidl.functional.math import (
+    abs,
+    add,
+    broadcast_to,
+    cast,
+    clip,
+    div,
+    erf,
+    exp,
+    log,
+    maximum,
+    minimum,
+    mul,
+    neg,
+    pow,
+    sqrt,
+    sub,
+    sum_to,
+    to_device,
+    where,
+)
+from minidl.functional.reduce import argmax, max, mean, min, sum
+from minidl.functional.shape import (
+    concatenate,
+    flatten,
+    getitem,
+    pad,
+    permute,
+    reshape,
+    squeeze,
+    stack,
+    transpose,
+    unsqueeze,
+)
+
+clamp = clip
+cat = concatenate
+
+__all__ = [
+    "abs", "add", "argmax", "broadcast_to", "cast", "cat", "clamp", "clip", "concatenate",
+    "cross_entropy", "div", "erf", "exp", "flatten", "gelu", "getitem", "leaky_relu", "linear",
+    "log", "log_softmax", "matmul", "max", "maximum", "mean", "min", "minimum", "mse_loss",
+    "mul", "neg", "pad", "permute", "pow", "relu", "reshape", "sigmoid", "softmax",
+    "softmax_cross_entropy", "sqrt", "squeeze", "stack", "sub", "sum", "sum_to", "tanh",
+    "to_device", "transpose", "unsqueeze", "where",
+]
+
+
+def _compare(op: str) -> Any:
+    def compare(self: Any, other: Any) -> Any:
+        from minidl.autograd import Tensor
+
+        o = other.data if isinstance(other, Tensor) else other
+        return Tensor(getattr(self.data, op)(o))
+
+    return compare
+
+
+def _bind_tensor_methods(Tensor: type) -> None:
+    """Give ``Tensor`` its operators and methods."""
+    ops = {
+        "__add__": add, "__radd__": lambda s, o: add(o, s),
+        "__sub__": sub, "__rsub__": lambda s, o: sub(o, s),
+        "__mul__": mul, "__rmul__": lambda s, o: mul(o, s),
+        "__truediv__": div, "__rtruediv__": lambda s, o: div(o, s),
+        "__pow__": pow, "__rpow__": lambda s, o: pow(o, s),
+        "__matmul__": matmul, "__rmatmul__": lambda s, o: matmul(o, s),
+        "__neg__": neg, "__abs__": abs,
+        "exp": exp, "log": log, "sqrt": sqrt, "abs": abs,
+        "relu": relu, "sigmoid": sigmoid, "tanh": tanh,
+        "softmax": softmax, "log_softmax": log_softmax,
+        "sum": sum, "mean": mean, "max": max, "min": min, "argmax": argmax,
+        "reshape": reshape, "view": reshape, "permute": permute, "transpose": transpose,
+        "flatten": flatten, "squeeze": squeeze, "unsqueeze": unsqueeze,
+        "clip": clip, "clamp": clip, "matmul": matmul, "pow": pow,
+        "broadcast_to": broadcast_to, "sum_to": sum_to,
+    }
+    for name, fn in ops.items():
+        setattr(Tensor, name, fn)
+    for name in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"):
+        setattr(Tensor, name, _compare(name))
+    Tensor.T = property(lambda s: permute(s, *reversed(range(s.ndim))))
+    Tensor.mT = property(lambda s: transpose(s, -2, -1))
+
+
+def _bind() -> None:
+    from minidl.autograd import Tensor
+
+    _bind_tensor_methods(Tensor)
+
+
+_bind()

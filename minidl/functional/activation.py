@@ -1,0 +1,153 @@
+"""Activations: relu, leaky_relu, sigmoid, tanh, gelu (exact, with erf), softmax,
+log_softmax.
+
+Each backward reuses what the forward computed: ``relu`` keeps no copy of its input (the
+mask ``y > 0`` comes from the output), ``sigmoid``'s derivative is ``y (1 - y)``,
+``tanh``'s is ``1 - y^2``, and softmax's Jacobian-vector product is
+``y * (gy - sum(gy * y))`` along the softmax axis.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from minidl import backend
+from minidl.autograd import Function, Tensor
+from minidl.functional.math import _mask, erf, exp
+from minidl.functional.reduce import sum as _sum
+
+
+class ReLU(Function):
+    def forward(self, x: Any) -> Any:
+        return backend.get_array_module(x).maximum(x, 0)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        return gy * _mask(self.output().data > 0, gy)
+
+
+class LeakyReLU(Function):
+    def forward(self, x: Any) -> Any:
+        xp = backend.get_array_module(x)
+        return xp.where(x > 0, x, x * x.dtype.type(self.slope))
+
+    def backward(self, gy: Tensor) -> Tensor:
+        x = self.inputs[0].data
+        xp = backend.get_array_module(x)
+        return gy * _mask(xp.where(x > 0, 1.0, self.slope), gy)
+
+
+class Sigmoid(Function):
+    def forward(self, x: Any) -> Any:
+        xp = backend.get_array_module(x)
+        # tanh form: never overflows, unlike 1 / (1 + exp(-x)) for large negative x
+        return (xp.tanh(x * x.dtype.type(0.5)) + 1) * x.dtype.type(0.5)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        y = self.output()
+        return gy * y * (1.0 - y)
+
+
+class Tanh(Function):
+    def forward(self, x: Any) -> Any:
+        return backend.get_array_module(x).tanh(x)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        y = self.output()
+        return gy * (1.0 - y * y)
+
+
+class Softmax(Function):
+    def forward(self, x: Any) -> Any:
+        xp = backend.get_array_module(x)
+        e = xp.exp(x - x.max(axis=self.axis, keepdims=True))
+        return e / e.sum(axis=self.axis, keepdims=True)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        y = self.output()
+        gx = y * gy
+        return gx - y * _sum(gx, axis=self.axis, keepdims=True)
+
+
+class LogSoftmax(Function):
+    def forward(self, x: Any) -> Any:
+        xp = backend.get_array_module(x)
+        z = x - x.max(axis=self.axis, keepdims=True)
+        return z - xp.log(xp.exp(z).sum(axis=self.axis, keepdims=True))
+
+    def backward(self, gy: Tensor) -> Tensor:
+        return gy - exp(self.output()) * _sum(gy, axis=self.axis, keepdims=True)
+
+
+def _check_float(x: Any, op: str) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: expected a Tensor, got {type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"{op}: expected a floating-point tensor, got dtype {x.dtype}")
+
+
+def relu(x: Tensor) -> Tensor:
+    """``max(x, 0)``; the gradient at exactly 0 is 0 (PyTorch's convention).
+
+    >>> import minidl
+    >>> minidl.functional.relu(minidl.tensor([-1.0, 2.0])).tolist()
+    [0.0, 2.0]
+    """
+    _check_float(x, "relu")
+    return ReLU.apply(x)
+
+
+def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
+    """``x`` for ``x > 0`` else ``negative_slope * x``.
+
+    >>> import minidl
+    >>> minidl.functional.leaky_relu(minidl.tensor([-1.0, 2.0]), 0.1).tolist()
+    [-0.10000000149011612, 2.0]
+    """
+    _check_float(x, "leaky_relu")
+    return LeakyReLU.apply(x, slope=float(negative_slope))
+
+
+def sigmoid(x: Tensor) -> Tensor:
+    """The logistic function ``1 / (1 + e^-x)``, computed without overflow."""
+    _check_float(x, "sigmoid")
+    return Sigmoid.apply(x)
+
+
+def tanh(x: Tensor) -> Tensor:
+    """Hyperbolic tangent."""
+    _check_float(x, "tanh")
+    return Tanh.apply(x)
+
+
+def gelu(x: Tensor) -> Tensor:
+    """Exact GELU, ``x * Phi(x)`` with ``Phi`` the standard normal CDF (via erf).
+
+    >>> import minidl
+    >>> round(minidl.functional.gelu(minidl.tensor([1.0])).item(), 4)
+    0.8413
+    """
+    _check_float(x, "gelu")
+    return x * (erf(x * (1.0 / math.sqrt(2.0))) + 1.0) * 0.5
+
+
+def _softmax_axis(x: Tensor, axis: int, op: str) -> int:
+    _check_float(x, op)
+    if x.ndim == 0 or not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"{op}: axis {axis} out of range for shape {x.shape}")
+    return axis % x.ndim
+
+
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """``exp(x) / sum(exp(x))`` along ``axis``, shifted by the max for stability.
+
+    >>> import minidl
+    >>> minidl.functional.softmax(minidl.tensor([0.0, 0.0])).tolist()
+    [0.5, 0.5]
+    """
+    return Softmax.apply(x, axis=_softmax_axis(x, axis, "softmax"))
+
+
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """``log(softmax(x))`` computed stably as ``x - logsumexp(x)``."""
+    return LogSoftmax.apply(x, axis=_softmax_axis(x, axis, "log_softmax"))

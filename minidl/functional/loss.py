@@ -1,0 +1,148 @@
+"""Losses: fused softmax cross-entropy and mean squared error.
+
+``softmax_cross_entropy`` fuses log-softmax and the negative log-likelihood: with target
+distribution ``q`` (one-hot, smoothed, or given probabilities) and ``p = softmax(x)``,
+``loss_i = -sum_j q_ij log p_ij`` and its gradient is simply ``p_i * sum_j q_ij - q_i``:
+no division by a tiny probability, so it is stable for any logits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from minidl import backend
+from minidl.autograd import Function, Tensor
+from minidl.functional.activation import softmax
+from minidl.functional.reduce import mean as _mean
+from minidl.functional.reduce import sum as _sum
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+class SoftmaxCrossEntropy(Function):
+    """Inputs: logits ``(N, C)`` and, for probability targets, ``q (N, C)``."""
+
+    def forward(self, x: Any, q: Any = None) -> Any:
+        xp = backend.get_array_module(x)
+        z = x - x.max(axis=1, keepdims=True)
+        logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
+        n, c = x.shape
+        if q is None:  # integer labels, possibly smoothed
+            picked = logp[xp.arange(n), self.labels]
+            s = self.smoothing
+            loss = -(1.0 - s) * picked - (s / c) * logp.sum(axis=1) if s else -picked
+        else:
+            loss = -(q * logp).sum(axis=1)
+        return loss.astype(x.dtype, copy=False)
+
+    def _target(self, like: Tensor) -> tuple[Tensor, Any]:
+        """The target distribution q as a constant tensor, and its row sums."""
+        xp = like.xp
+        n, c = like.shape
+        if len(self.inputs) > 1:
+            q = self.inputs[1]
+            return q, _sum(q, axis=1, keepdims=True)
+        s = self.smoothing
+        qa = xp.full((n, c), s / c, dtype=like.dtype)
+        qa[xp.arange(n), self.labels] += like.dtype.type(1.0 - s)
+        return Tensor._make(qa, False), 1.0
+
+    def backward(self, gy: Tensor) -> tuple:
+        x = self.inputs[0]
+        q, qsum = self._target(x)
+        g = gy.reshape(-1, 1)
+        gx = (softmax(x, axis=1) * qsum - q) * g if self.needs_input_grad[0] else None
+        if len(self.inputs) == 1:
+            return gx
+        gq = None
+        if self.needs_input_grad[1]:
+            from minidl.functional.activation import log_softmax
+
+            gq = -log_softmax(x, axis=1) * g
+        return gx, gq
+
+
+def softmax_cross_entropy(
+    logits: Tensor,
+    target: Tensor | Any,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """Cross-entropy between ``softmax(logits)`` and a target, fused and numerically stable.
+
+    Args:
+        logits: ``(N, C)`` unnormalized scores.
+        target: ``(N,)`` integer class labels in ``[0, C)``, or ``(N, C)`` probabilities
+            (same float dtype as the logits).
+        reduction: ``"mean"`` over the batch, ``"sum"``, or ``"none"`` for ``(N,)`` losses.
+        label_smoothing: ``s`` in ``[0, 1)``; integer labels become ``(1 - s) one_hot + s/C``.
+
+    >>> import minidl
+    >>> logits = minidl.tensor([[2.0, 0.0, 0.0]])
+    >>> round(minidl.functional.softmax_cross_entropy(logits, minidl.tensor([0])).item(), 4)
+    0.2395
+    """
+    op = "softmax_cross_entropy"
+    if not isinstance(logits, Tensor) or logits.ndim != 2:
+        raise ValueError(f"{op}: logits must be a 2-D (N, C) tensor, got shape "
+                         f"{getattr(logits, 'shape', type(logits).__name__)}")
+    if logits.dtype.kind != "f":
+        raise TypeError(f"{op}: logits must be floating point, got {logits.dtype}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"{op}: label_smoothing must be in [0, 1), got {label_smoothing}")
+    n, c = logits.shape
+    t = target.data if isinstance(target, Tensor) else backend.to_device(
+        np.asarray(target), logits.device)
+    if t.dtype.kind in "iu":
+        if t.shape != (n,):
+            raise ValueError(f"{op}: integer labels must have shape ({n},), got {t.shape}")
+        if backend.get_array_module(t) is np and n and (t.min() < 0 or t.max() >= c):
+            bad = int(t.min() if t.min() < 0 else t.max())
+            raise ValueError(f"{op}: label {bad} is out of range for {c} classes")
+        loss = SoftmaxCrossEntropy.apply(logits, labels=t, smoothing=float(label_smoothing))
+    elif t.dtype.kind == "f":
+        if t.shape != (n, c):
+            raise ValueError(f"{op}: probability targets must have shape ({n}, {c}), got "
+                             f"{t.shape}")
+        if t.dtype != logits.dtype:
+            raise TypeError(f"{op}: target dtype {t.dtype} differs from logits dtype "
+                            f"{logits.dtype}")
+        q = target if isinstance(target, Tensor) else Tensor._make(t, False)
+        if label_smoothing:
+            q = q * (1.0 - label_smoothing) + label_smoothing / c
+        loss = SoftmaxCrossEntropy.apply(logits, q, labels=None, smoothing=0.0)
+    else:
+        raise TypeError(f"{op}: target must hold integer labels or float probabilities, got "
+                        f"dtype {t.dtype}")
+    if reduction == "none":
+        return loss
+    return _mean(loss) if reduction == "mean" else _sum(loss)
+
+
+cross_entropy = softmax_cross_entropy
+
+
+def mse_loss(pred: Tensor, target: Tensor | Any, reduction: str = "mean") -> Tensor:
+    """Mean squared error ``(pred - target)^2``; shapes must match exactly.
+
+    >>> import minidl
+    >>> minidl.functional.mse_loss(minidl.tensor([1.0, 3.0]), minidl.tensor([1.0, 1.0])).item()
+    2.0
+    """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"mse_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    tshape = getattr(target, "shape", np.shape(target))
+    if tuple(tshape) != pred.shape:
+        raise ValueError(f"mse_loss: pred has shape {pred.shape} but target has shape "
+                         f"{tuple(tshape)}; they must match (no silent broadcasting)")
+    d = pred - target
+    sq = d * d
+    if reduction == "none":
+        return sq
+    return _mean(sq) if reduction == "mean" else _sum(sq)
+
+

@@ -1,0 +1,461 @@
+"""Elementwise arithmetic and the broadcasting pair ``broadcast_to`` / ``sum_to``.
+
+Binary ops broadcast like NumPy. In backward, a gradient has the *output's* shape; an input
+that was broadcast (say ``b`` of shape ``(3,)`` added to ``a`` of shape ``(2, 3)``) must get
+a gradient of its own shape, so the gradient is summed over the broadcast axes: that is
+``sum_to``. ``broadcast_to`` and ``sum_to`` are each other's backward.
+
+Dtypes never silently widen: a Python or NumPy scalar, or a non-tensor array, takes the
+tensor's dtype (under NumPy 2 a ``float64`` scalar would otherwise turn float32 math into
+float64), and mixing float32 and float64 *tensors* is an error that asks for an explicit
+``astype``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from minidl import backend
+from minidl.autograd import _DEFAULT_FLOAT, Function, Tensor, _is_float
+
+# ----------------------------------------------------------------------------------------
+# operand coercion
+
+
+def _const(value: Any, like: Tensor, dtype: Any) -> Tensor:
+    """A non-differentiable constant on ``like``'s device with the given dtype."""
+    arr = value if _is_array_like(value) else np.asarray(value)
+    arr = backend.to_device(arr, like.device)
+    return Tensor._make(like.xp.asarray(arr, dtype=dtype), False)
+
+
+def _operands(a: Any, b: Any, op: str) -> tuple[Tensor, Tensor]:
+    """Turn the operands of a binary op into two tensors of one dtype (see module doc)."""
+    ta, tb = isinstance(a, Tensor), isinstance(b, Tensor)
+    if ta and tb:
+        if a.dtype == b.dtype:
+            return a, b
+        fa, fb = _is_float(a.dtype), _is_float(b.dtype)
+        if fa and fb:
+            raise TypeError(
+                f"{op}: dtype mismatch, {a.dtype} and {b.dtype}; minidl never upcasts "
+                "silently, cast one operand with .astype()"
+            )
+        if fa or fb:
+            return (a, cast(b, a.dtype)) if fa else (cast(a, b.dtype), b)
+        dt = np.result_type(a.dtype, b.dtype)
+        return cast(a, dt), cast(b, dt)
+    if not (ta or tb):
+        raise TypeError(f"{op}: expected at least one Tensor operand")
+    t, other = (a, b) if ta else (b, a)
+    other_dt = (other.dtype if _is_array_like(other) else np.asarray(other).dtype)
+    if _is_float(t.dtype) or other_dt.kind == "b":
+        dt = t.dtype
+    elif other_dt.kind in "iu":
+        dt = np.result_type(t.dtype, other_dt) if _is_array_like(other) else t.dtype
+        t = cast(t, dt)
+    else:  # an integer tensor meets a float operand: compute in the default float type
+        dt = np.dtype(_DEFAULT_FLOAT)
+        t = cast(t, dt)
+    c = _const(other, t, dt)
+    return (t, c) if ta else (c, t)
+
+
+def _is_array_like(v: Any) -> bool:
+    return hasattr(v, "__array_interface__") or hasattr(v, "__cuda_array_interface__")
+
+
+def _scalar_like(value: float, like: Tensor) -> Tensor:
+    return Tensor._make(like.xp.asarray(value, dtype=like.dtype), False)
+
+
+def _mask(cond: Any, like: Tensor) -> Tensor:
+    """A constant (non-differentiable) float mask in ``like``'s dtype."""
+    return Tensor._make(cond.astype(like.dtype), False)
+
+
+# ----------------------------------------------------------------------------------------
+# broadcasting
+
+
+class BroadcastTo(Function):
+    def forward(self, x: Any) -> Any:
+        self.in_shape = x.shape
+        return backend.get_array_module(x).broadcast_to(x, self.shape)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        return sum_to(gy, self.in_shape)
+
+
+class SumTo(Function):
+    def forward(self, x: Any) -> Any:
+        self.in_shape = x.shape
+        lead = x.ndim - len(self.shape)
+        axes = tuple(range(lead)) + tuple(
+            lead + i for i, s in enumerate(self.shape) if s == 1 and x.shape[lead + i] != 1
+        )
+        y = x.sum(axis=axes, keepdims=True) if axes else x
+        return y.reshape(self.shape) if lead else y
+
+    def backward(self, gy: Tensor) -> Tensor:
+        return broadcast_to(gy, self.in_shape)
+
+
+def broadcast_to(x: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Broadcast ``x`` to ``shape`` (a read-only view); backward sums back with ``sum_to``.
+
+    >>> import minidl
+    >>> minidl.functional.broadcast_to(minidl.tensor([1.0, 2.0]), (3, 2)).shape
+    (3, 2)
+    """
+    shape = tuple(shape)
+    if x.shape == shape:
+        return x
+    try:
+        np.broadcast_shapes(x.shape, shape)
+    except ValueError:
+        raise ValueError(f"broadcast_to: cannot broadcast shape {x.shape} to {shape}") from None
+    return BroadcastTo.apply(x, shape=shape)
+
+
+def sum_to(x: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Sum ``x`` over the axes along which a tensor of ``shape`` was broadcast to it.
+
+    >>> import minidl
+    >>> minidl.functional.sum_to(minidl.ones(3, 2), (1, 2)).tolist()
+    [[3.0, 3.0]]
+    """
+    shape = tuple(shape)
+    if x.shape == shape:
+        return x
+    return SumTo.apply(x, shape=shape)
+
+
+# ----------------------------------------------------------------------------------------
+# arithmetic
+
+
+class Add(Function):
+    def forward(self, a: Any, b: Any) -> Any:
+        return a + b
+
+    def backward(self, gy: Tensor) -> tuple:
+        a, b = self.inputs
+        return sum_to(gy, a.shape), sum_to(gy, b.shape)
+
+
+class Sub(Function):
+    def forward(self, a: Any, b: Any) -> Any:
+        return a - b
+
+    def backward(self, gy: Tensor) -> tuple:
+        a, b = self.inputs
+        return sum_to(gy, a.shape), (sum_to(-gy, b.shape) if self.needs_input_grad[1] else None)
+
+
+class Mul(Function):
+    def forward(self, a: Any, b: Any) -> Any:
+        return a * b
+
+    def backward(self, gy: Tensor) -> tuple:
+        a, b = self.inputs
+        ga = sum_to(gy * b, a.shape) if self.needs_input_grad[0] else None
+        gb = sum_to(gy * a, b.shape) if self.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Div(Function):
+    def forward(self, a: Any, b: Any) -> Any:
+        return a / b
+
+    def backward(self, gy: Tensor) -> tuple:
+        a, b = self.inputs
+        ga = sum_to(gy / b, a.shape) if self.needs_input_grad[0] else None
+        gb = sum_to(-gy * a / (b * b), b.shape) if self.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Neg(Function):
+    def forward(self, x: Any) -> Any:
+        return -x
+
+    def backward(self, gy: Tensor) -> Tensor:
+        return -gy
+
+
+class Pow(Function):
+    def forward(self, a: Any, b: Any) -> Any:
+        return a ** b
+
+    def backward(self, gy: Tensor) -> tuple:
+        a, b = self.inputs
+        ga = sum_to(gy * b * a ** (b - 1), a.shape) if self.needs_input_grad[0] else None
+        gb = sum_to(gy * self.output() * log(a), b.shape) if self.needs_input_grad[1] else None
+        return ga, gb
+
+
+def add(a: Any, b: Any) -> Tensor:
+    """Elementwise ``a + b`` with broadcasting.
+
+    >>> import minidl
+    >>> minidl.functional.add(minidl.tensor([1.0, 2.0]), 1).tolist()
+    [2.0, 3.0]
+    """
+    a, b = _operands(a, b, "add")
+    return Add.apply(a, b)
+
+
+def sub(a: Any, b: Any) -> Tensor:
+    """Elementwise ``a - b`` with broadcasting."""
+    a, b = _operands(a, b, "sub")
+    return Sub.apply(a, b)
+
+
+def mul(a: Any, b: Any) -> Tensor:
+    """Elementwise ``a * b`` with broadcasting."""
+    a, b = _operands(a, b, "mul")
+    return Mul.apply(a, b)
+
+
+def div(a: Any, b: Any) -> Tensor:
+    """Elementwise true division ``a / b`` with broadcasting (ints give the default float)."""
+    a, b = _operands(a, b, "div")
+    if not _is_float(a.dtype):
+        a, b = cast(a, _DEFAULT_FLOAT), cast(b, _DEFAULT_FLOAT)
+    return Div.apply(a, b)
+
+
+def neg(x: Tensor) -> Tensor:
+    """Elementwise ``-x``."""
+    return Neg.apply(x)
+
+
+def pow(a: Any, b: Any) -> Tensor:  # noqa: A001 - mirrors torch.pow
+    """Elementwise ``a ** b``; differentiable in both (``d/db = a**b * log a``).
+
+    >>> import minidl
+    >>> minidl.functional.pow(minidl.tensor([2.0, 3.0]), 2).tolist()
+    [4.0, 9.0]
+    """
+    a, b = _operands(a, b, "pow")
+    return Pow.apply(a, b)
+
+
+# ----------------------------------------------------------------------------------------
+# unary math
+
+
+class Exp(Function):
+    def forward(self, x: Any) -> Any:
+        return backend.get_array_module(x).exp(x)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        return gy * self.output()
+
+
+class Log(Function):
+    def forward(self, x: Any) -> Any:
+        return backend.get_array_module(x).log(x)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        return gy / self.inputs[0]
+
+
+class Sqrt(Function):
+    def forward(self, x: Any) -> Any:
+        return backend.get_array_module(x).sqrt(x)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        return gy / (self.output() * 2)
+
+
+class Abs(Function):
+    def forward(self, x: Any) -> Any:
+        return backend.get_array_module(x).abs(x)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        x = self.inputs[0]
+        return gy * _mask(x.xp.sign(x.data), x)
+
+
+class Erf(Function):
+    def forward(self, x: Any) -> Any:
+        return backend.erf(x)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        x = self.inputs[0]
+        return gy * exp(-(x * x)) * (2.0 / math.sqrt(math.pi))
+
+
+def _float_unary(fn: type[Function], name: str, x: Tensor) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a Tensor, got {type(x).__name__}")
+    if not _is_float(x.dtype):
+        x = cast(x, _DEFAULT_FLOAT)
+    return fn.apply(x)
+
+
+def exp(x: Tensor) -> Tensor:
+    """Elementwise ``e**x``.
+
+    >>> import minidl
+    >>> minidl.functional.exp(minidl.tensor([0.0])).tolist()
+    [1.0]
+    """
+    return _float_unary(Exp, "exp", x)
+
+
+def log(x: Tensor) -> Tensor:
+    """Elementwise natural logarithm."""
+    return _float_unary(Log, "log", x)
+
+
+def sqrt(x: Tensor) -> Tensor:
+    """Elementwise square root."""
+    return _float_unary(Sqrt, "sqrt", x)
+
+
+def abs(x: Tensor) -> Tensor:  # noqa: A001 - mirrors torch.abs
+    """Elementwise absolute value; its gradient at 0 is 0 (``sign(0)``)."""
+    return Abs.apply(x)
+
+
+def erf(x: Tensor) -> Tensor:
+    """The error function, elementwise (used by the exact GELU)."""
+    return _float_unary(Erf, "erf", x)
+
+
+# ----------------------------------------------------------------------------------------
+# selection
+
+
+class Where(Function):
+    def forward(self, a: Any, b: Any) -> Any:
+        return backend.get_array_module(a).where(self.cond, a, b)
+
+    def backward(self, gy: Tensor) -> tuple:
+        a, b = self.inputs
+        zero = _scalar_like(0.0, gy)
+        ga = sum_to(where(self.cond, gy, zero), a.shape) if self.needs_input_grad[0] else None
+        gb = sum_to(where(self.cond, zero, gy), b.shape) if self.needs_input_grad[1] else None
+        return ga, gb
+
+
+def where(cond: Any, a: Any, b: Any) -> Tensor:
+    """Pick ``a`` where ``cond`` is true, else ``b`` (broadcasting); ``cond`` gets no grad.
+
+    >>> import minidl
+    >>> x = minidl.tensor([-1.0, 2.0])
+    >>> minidl.functional.where(x > 0, x, 0.0).tolist()
+    [0.0, 2.0]
+    """
+    a, b = _operands(a, b, "where")
+    c = cond.data if isinstance(cond, Tensor) else backend.to_device(np.asarray(cond), a.device)
+    if c.dtype != np.bool_:
+        c = c.astype(bool)
+    return Where.apply(a, b, cond=c)
+
+
+class Maximum(Function):
+    def forward(self, a: Any, b: Any) -> Any:
+        xp = backend.get_array_module(a)
+        # Ties split the gradient evenly between the two inputs, as PyTorch does.
+        self.weight = (a > b) + (a == b) * 0.5
+        return xp.maximum(a, b) if self.largest else xp.minimum(a, b)
+
+    def backward(self, gy: Tensor) -> tuple:
+        a, b = self.inputs
+        w = self.weight if self.largest else 1.0 - self.weight
+        wa = Tensor._make(gy.xp.asarray(w, dtype=gy.dtype), False)
+        ga = sum_to(gy * wa, a.shape) if self.needs_input_grad[0] else None
+        gb = sum_to(gy * (1.0 - wa), b.shape) if self.needs_input_grad[1] else None
+        return ga, gb
+
+
+def maximum(a: Any, b: Any) -> Tensor:
+    """Elementwise maximum; at ties each input receives half the gradient.
+
+    >>> import minidl
+    >>> minidl.functional.maximum(minidl.tensor([1.0, 5.0]), 3.0).tolist()
+    [3.0, 5.0]
+    """
+    a, b = _operands(a, b, "maximum")
+    return Maximum.apply(a, b, largest=True)
+
+
+def minimum(a: Any, b: Any) -> Tensor:
+    """Elementwise minimum; at ties each input receives half the gradient."""
+    a, b = _operands(a, b, "minimum")
+    return Maximum.apply(a, b, largest=False)
+
+
+class Clip(Function):
+    def forward(self, x: Any) -> Any:
+        return backend.get_array_module(x).clip(x, self.lo, self.hi)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        x = self.inputs[0].data
+        inside = x == x  # all True, same shape
+        if self.lo is not None:
+            inside = inside & (x >= self.lo)
+        if self.hi is not None:
+            inside = inside & (x <= self.hi)
+        return gy * _mask(inside, gy)
+
+
+def clip(x: Tensor, min: float | None = None, max: float | None = None) -> Tensor:  # noqa: A002
+    """Clamp to ``[min, max]``; the gradient passes where ``min <= x <= max``.
+
+    >>> import minidl
+    >>> minidl.functional.clip(minidl.tensor([-2.0, 0.5, 2.0]), -1, 1).tolist()
+    [-1.0, 0.5, 1.0]
+    """
+    if min is None and max is None:
+        raise ValueError("clip: at least one of min and max must be given")
+    if min is not None and max is not None and min > max:
+        raise ValueError(f"clip: min ({min}) is greater than max ({max})")
+    return Clip.apply(x, lo=min, hi=max)
+
+
+# ----------------------------------------------------------------------------------------
+# dtype and device
+
+
+class Cast(Function):
+    def forward(self, x: Any) -> Any:
+        self.in_dtype = x.dtype
+        return x.astype(self.dtype)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        return cast(gy, self.in_dtype)
+
+
+def cast(x: Tensor, dtype: Any) -> Tensor:
+    """Return ``x`` as ``dtype`` (``x`` itself if it already is); float casts are
+    differentiable.
+
+    >>> import minidl
+    >>> minidl.functional.cast(minidl.tensor([1, 2]), "float32").dtype
+    dtype('float32')
+    """
+    dtype = np.dtype(dtype)
+    if x.dtype == dtype:
+        return x
+    return Cast.apply(x, dtype=dtype)
+
+
+class ToDevice(Function):
+    def forward(self, x: Any) -> Any:
+        self.src = backend.device_of(x)
+        return backend.to_device(x, self.device)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        return to_device(gy, self.src)
+
+
+def to_device(x: Tensor, device: Any) -> Tensor:
+    """Copy ``x`` to ``device``; gradients flow back to the source device."""
+    return ToDevice.apply(x, device=backend.Device(device))

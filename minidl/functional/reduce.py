@@ -1,0 +1,123 @@
+"""Reductions: ``sum``, ``mean``, ``max``, ``min`` (with ``axis`` and ``keepdims``), ``argmax``.
+
+Backward of a reduction broadcasts the gradient back over the reduced axes. ``max``/``min``
+send the gradient to the elements that attained the extreme value; when several tie, they
+share it equally (so the gradient of ``max`` still sums to the upstream gradient).
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+import numpy as np
+
+from minidl.autograd import Function, Tensor
+from minidl.functional.math import _mask, broadcast_to, cast
+
+Axis = int | tuple[int, ...] | None
+
+
+def _norm_axis(axis: Axis, ndim: int, op: str) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        if not -ndim <= a < builtins.max(ndim, 1):
+            raise ValueError(f"{op}: axis {a} is out of range for a tensor with {ndim} dims")
+        out.append(int(a) % builtins.max(ndim, 1))
+    if len(set(out)) != len(out):
+        raise ValueError(f"{op}: repeated axis in {axis}")
+    return tuple(sorted(out))
+
+
+def _kept_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(1 if i in axes else s for i, s in enumerate(shape))
+
+
+class Sum(Function):
+    def forward(self, x: Any) -> Any:
+        return x.sum(axis=self.axes, keepdims=self.keepdims)
+
+    def backward(self, gy: Tensor) -> Tensor:
+        x = self.inputs[0]
+        if not self.keepdims:
+            gy = gy.reshape(_kept_shape(x.shape, self.axes))
+        return broadcast_to(gy, x.shape)
+
+
+class Extreme(Function):
+    """max / min over axes."""
+
+    def forward(self, x: Any) -> Any:
+        y = x.max(axis=self.axes, keepdims=True) if self.largest else x.min(
+            axis=self.axes, keepdims=True)
+        hit = x == y
+        self.weight = hit / hit.sum(axis=self.axes, keepdims=True)
+        return y if self.keepdims else y.reshape(
+            tuple(s for i, s in enumerate(x.shape) if i not in self.axes))
+
+    def backward(self, gy: Tensor) -> Tensor:
+        x = self.inputs[0]
+        if not self.keepdims:
+            gy = gy.reshape(_kept_shape(x.shape, self.axes))
+        return broadcast_to(gy, x.shape) * _mask(self.weight, gy)
+
+
+def sum(x: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Sum over ``axis`` (all axes by default).
+
+    >>> import minidl
+    >>> minidl.functional.sum(minidl.tensor([[1.0, 2.0], [3.0, 4.0]]), axis=0).tolist()
+    [4.0, 6.0]
+    """
+    return Sum.apply(x, axes=_norm_axis(axis, x.ndim, "sum"), keepdims=keepdims)
+
+
+def mean(x: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:
+    """Arithmetic mean over ``axis`` (integers are averaged in the default float type).
+
+    >>> import minidl
+    >>> minidl.functional.mean(minidl.tensor([1.0, 2.0, 3.0])).item()
+    2.0
+    """
+    axes = _norm_axis(axis, x.ndim, "mean")
+    if x.dtype.kind not in "fc":
+        x = cast(x, np.float32)
+    count = int(np.prod([x.shape[a] for a in axes])) if axes else 1
+    if count == 0:
+        raise ValueError(f"mean: cannot average over empty axes {axis} of shape {x.shape}")
+    return sum(x, axes, keepdims) * (1.0 / count)
+
+
+def _extreme(x: Tensor, axis: Axis, keepdims: bool, largest: bool, op: str) -> Tensor:
+    axes = _norm_axis(axis, x.ndim, op)
+    if any(x.shape[a] == 0 for a in axes):
+        raise ValueError(f"{op}: cannot reduce over an empty axis of shape {x.shape}")
+    return Extreme.apply(x, axes=axes, keepdims=keepdims, largest=largest)
+
+
+def max(x: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Maximum over ``axis``; tied maxima share the gradient equally.
+
+    >>> import minidl
+    >>> minidl.functional.max(minidl.tensor([[1.0, 5.0], [7.0, 2.0]]), axis=1).tolist()
+    [5.0, 7.0]
+    """
+    return _extreme(x, axis, keepdims, True, "max")
+
+
+def min(x: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Minimum over ``axis``; tied minima share the gradient equally."""
+    return _extreme(x, axis, keepdims, False, "min")
+
+
+def argmax(x: Tensor, axis: int | None = None) -> Tensor:
+    """Index of the maximum along ``axis`` (int64, not differentiable).
+
+    >>> import minidl
+    >>> minidl.functional.argmax(minidl.tensor([[1.0, 5.0], [7.0, 2.0]]), axis=1).tolist()
+    [1, 0]
+    """
+    return Tensor(x.data.argmax(axis=axis).astype(np.int64))

@@ -1,0 +1,452 @@
+"""Array-level 2-D convolution: forward, input gradient, weight gradient, bias gradient.
+
+These functions take and return raw arrays (NumPy or CuPy) in PyTorch's NCHW *shapes*; an
+autograd ``Function`` wraps them. Internally every convolution is one GEMM per group on an
+im2col matrix of shape (N*OH*OW, K) (see ``minidl.kernels.im2col`` for notation).
+
+Layout decision: the outputs ``y`` (forward) and ``gx`` (backward, when ``x`` was) are
+*channels-last*: an (N, C, H, W)-shaped array whose memory is (N, H, W, C) in C order, like
+PyTorch's ``torch.channels_last`` memory format. That is exactly the memory the GEMM
+``cols @ w_mat.T`` writes, so no transpose runs after it, and the next layer's im2col copies
+whole channel vectors. NumPy ufuncs keep a channels-last layout (``np.maximum(y, 0)`` is
+channels-last too), so a conv -> ReLU -> pool -> conv chain never transposes. Semantics are
+unaffected: the array is an ordinary strided NumPy array; call ``np.ascontiguousarray`` if a
+C-contiguous NCHW buffer is required. Inputs may have any layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+from minidl.kernels._common import (
+    array_module,
+    check_4d,
+    is_channels_last,
+    pair,
+    scratch,
+    use_numba,
+)
+from minidl.kernels.im2col import Pad4, _geometry, col2im_into, im2col_into
+
+OP = "conv2d"
+
+
+class ConvGeometry(NamedTuple):
+    """Validated convolution parameters (see ``conv2d_geometry``)."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    oc: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    pad: Pad4
+    dh: int
+    dw: int
+    oh: int
+    ow: int
+    groups: int
+
+
+def conv2d_geometry(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: Any = 1,
+                    padding: Any = 0, dilation: Any = 1, groups: int = 1) -> ConvGeometry:
+    """Validate conv2d arguments and compute every size (errors name ``conv2d``).
+
+    Args:
+        x_shape: (N, C, H, W).
+        w_shape: (OC, C // groups, KH, KW).
+        stride, dilation: int or pair, positive.
+        padding: int, (PH, PW), (PT, PB, PL, PR), ``"valid"`` (0) or ``"same"`` (stride 1
+            only; odd total padding puts the extra row/column at the bottom/right, as PyTorch).
+        groups: positive, divides C and OC.
+
+    Returns:
+        A ``ConvGeometry`` with padding normalised to (PT, PB, PL, PR) and OH, OW.
+
+    >>> conv2d_geometry((64, 3, 32, 32), (32, 3, 3, 3)).oh
+    30
+    """
+    if len(x_shape) != 4:
+        raise ValueError(f"{OP}: expected 4-D input (N, C, H, W), got {len(x_shape)}-D input "
+                         f"of shape {tuple(x_shape)}")
+    if len(w_shape) != 4:
+        raise ValueError(f"{OP}: expected 4-D weight (OC, C/groups, KH, KW), got "
+                         f"{len(w_shape)}-D weight of shape {tuple(w_shape)}")
+    n, c, h, w = (int(v) for v in x_shape)
+    oc, cg, kh, kw = (int(v) for v in w_shape)
+    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"{OP}: groups must be a positive int, got {groups!r}")
+    if c % groups or oc % groups:
+        raise ValueError(f"{OP}: groups={groups} must divide input channels ({c}) and output "
+                         f"channels ({oc}) (weight shape {tuple(w_shape)})")
+    if cg * groups != c:
+        raise ValueError(f"{OP}: input has {c} channels but weight expects {cg * groups} "
+                         f"(weight shape {tuple(w_shape)}" +
+                         (f", groups={groups})" if groups != 1 else ")"))
+    stride = pair(OP, "stride", stride)
+    dilation = pair(OP, "dilation", dilation)
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            padding = 0
+        elif mode == "same":
+            if stride != (1, 1):
+                raise ValueError(f"{OP}: padding='same' requires stride 1, got stride {stride}")
+            th, tw = dilation[0] * (kh - 1), dilation[1] * (kw - 1)
+            padding = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+        else:
+            raise ValueError(f"{OP}: padding must be an int, a pair, 'same' or 'valid', "
+                             f"got {padding!r}")
+    if kh < 1 or kw < 1:
+        raise ValueError(f"{OP}: kernel size must be positive, got weight shape {w_shape}")
+    kh_, kw_, sh, sw, dh, dw, pad, oh, ow = _geometry(OP, (n, c, h, w), (kh, kw), stride,
+                                                      padding, dilation)
+    return ConvGeometry(n, c, h, w, oc, kh, kw, sh, sw, pad, dh, dw, oh, ow, int(groups))
+
+
+# --------------------------------------------------------------------------- numba helpers
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _bias_act(y, b, use_bias, relu):
+    # One pass over the GEMM output instead of one for += b and one for max(., 0).
+    R, C = y.shape
+    for r in prange(R):
+        for c in range(C):
+            v = y[r, c]
+            if use_bias:
+                v += b[c]
+            if relu and v < 0:  # NaN passes through, as in PyTorch
+                v = 0
+            y[r, c] = v
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _rows_from_cf(g, out):
+    # (N, C, P) channels-first -> (N*P, C) rows: a per-sample transpose.
+    N, C, P = g.shape
+    for n in prange(N):
+        for c in range(C):
+            for p in range(P):
+                out[n * P + p, c] = g[n, c, p]
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _relu_mask(g, y, out):
+    R, C = g.shape
+    for r in prange(R):
+        for c in range(C):
+            out[r, c] = g[r, c] if y[r, c] > 0 else 0
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _colsum(g, out):
+    # Chunked float64 partial sums: parallel and far more accurate than one float32 running sum.
+    R, C = g.shape
+    chunk = 256
+    nchunks = (R + chunk - 1) // chunk
+    part = np.zeros((nchunks, C), dtype=np.float64)
+    for k in prange(nchunks):
+        r1 = min(R, (k + 1) * chunk)
+        for r in range(k * chunk, r1):
+            for c in range(C):
+                part[k, c] += g[r, c]
+    for c in range(C):
+        s = 0.0
+        for k in range(nchunks):
+            s += part[k, c]
+        out[c] = s
+
+
+# ------------------------------------------------------------------------------- internals
+
+
+def _check_dtypes(*named: tuple[str, Any]) -> None:
+    first_name, first = named[0]
+    for name, a in named[1:]:
+        if a is not None and a.dtype != first.dtype:
+            raise ValueError(f"{OP}: {name} dtype {a.dtype} differs from {first_name} dtype "
+                             f"{first.dtype} (minidl never upcasts silently)")
+
+
+def _wmat(w: Any) -> Any:
+    """(OC, Cg, KH, KW) -> (OC, KH*KW*Cg), columns ordered (kh, kw, cg) like im2col's."""
+    xp = array_module(w)
+    return xp.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
+
+
+def _cols_buffer(xp: Any, g: ConvGeometry, dtype: Any, owned: bool) -> Any:
+    shape = (g.n * g.oh * g.ow, g.kh * g.kw * g.c)
+    if owned or xp is not np:
+        return xp.empty(shape, dtype=dtype)
+    return scratch("conv_cols", shape, dtype)
+
+
+def _grouped_matmul(a: Any, b: Any, out: Any, groups: int, a_block: int, b_block: int,
+                    out_block: int, a_axis: int, b_axis: int) -> None:
+    """out[:, g-block] = a[..g-block..] @ b[..g-block..] for each group (groups=1: one GEMM)."""
+    xp = array_module(a)
+    if groups == 1:
+        xp.matmul(a, b, out=out)
+        return
+    for g in range(groups):
+        sa = [slice(None), slice(None)]
+        sb = [slice(None), slice(None)]
+        sa[a_axis] = slice(g * a_block, (g + 1) * a_block)
+        sb[b_axis] = slice(g * b_block, (g + 1) * b_block)
+        out[:, g * out_block:(g + 1) * out_block] = a[tuple(sa)] @ b[tuple(sb)]
+
+
+def _gy_rows(gy: Any, g: ConvGeometry, relu_output: Any = None) -> Any:
+    """gy (N, OC, OH, OW) as an (N*OH*OW, OC) matrix, masked by relu_output > 0 if given.
+
+    A free view when gy is channels-last; otherwise an internal scratch copy.
+    """
+    check_4d(OP, "grad_output", gy, "(N, OC, OH, OW)")
+    want = (g.n, g.oc, g.oh, g.ow)
+    if tuple(gy.shape) != want:
+        raise ValueError(f"{OP}: grad_output has shape {tuple(gy.shape)}, expected {want}")
+    rows_shape = (g.n * g.oh * g.ow, g.oc)
+    if not use_numba(gy) or (relu_output is not None and not use_numba(relu_output)):
+        xp = array_module(gy)
+        rows = gy.transpose(0, 2, 3, 1).reshape(rows_shape)
+        if relu_output is not None:
+            rows = rows * (relu_output.transpose(0, 2, 3, 1).reshape(rows_shape) > 0)
+        return xp.ascontiguousarray(rows)
+    owned = False
+    if is_channels_last(gy):
+        rows = gy.transpose(0, 2, 3, 1).reshape(rows_shape)
+    else:
+        rows = scratch("conv_gy", rows_shape, gy.dtype)
+        _rows_from_cf(np.ascontiguousarray(gy).reshape(g.n, g.oc, -1), rows)
+        owned = True
+    if relu_output is not None:
+        if tuple(relu_output.shape) != want:
+            raise ValueError(f"{OP}: relu_output has shape {tuple(relu_output.shape)}, "
+                             f"expected {want}")
+        yr = np.ascontiguousarray(relu_output.transpose(0, 2, 3, 1)).reshape(rows_shape)
+        out = rows if owned else scratch("conv_gy", rows_shape, gy.dtype)
+        _relu_mask(rows, yr, out)
+        rows = out
+    return rows
+
+
+def _grad_bias(rows: Any) -> Any:
+    if use_numba(rows):
+        out = np.empty(rows.shape[1], dtype=rows.dtype)
+        _colsum(rows, out)
+        return out
+    return rows.sum(axis=0)
+
+
+def _grad_weight_rows(x: Any, rows: Any, g: ConvGeometry, w_shape: tuple[int, ...],
+                      cols: Any) -> Any:
+    xp = array_module(x)
+    if cols is None:
+        cols = _cols_buffer(xp, g, x.dtype, owned=False)
+        im2col_into(x, cols, g.kh, g.kw, g.sh, g.sw, g.pad, g.dh, g.dw, g.oh, g.ow, g.groups)
+    else:
+        want = (g.n * g.oh * g.ow, g.kh * g.kw * g.c)
+        if tuple(cols.shape) != want:
+            raise ValueError(f"{OP}: cols has shape {tuple(cols.shape)}, expected {want}")
+    ocg, kg = g.oc // g.groups, g.kh * g.kw * (g.c // g.groups)
+    gw_mat = xp.empty((g.oc, kg), dtype=x.dtype)
+    if g.groups == 1:
+        xp.matmul(rows.T, cols, out=gw_mat)
+    else:
+        for gi in range(g.groups):
+            gw_mat[gi * ocg:(gi + 1) * ocg] = (rows[:, gi * ocg:(gi + 1) * ocg].T
+                                               @ cols[:, gi * kg:(gi + 1) * kg])
+    oc, cg, kh, kw = w_shape
+    return xp.ascontiguousarray(gw_mat.reshape(oc, kh, kw, cg).transpose(0, 3, 1, 2))
+
+
+def _grad_input_rows(rows: Any, w: Any, g: ConvGeometry, channels_last: bool) -> Any:
+    xp = array_module(rows)
+    ocg, kg = g.oc // g.groups, g.kh * g.kw * (g.c // g.groups)
+    shape = (g.n * g.oh * g.ow, g.kh * g.kw * g.c)
+    gcols = scratch("conv_gcols", shape, rows.dtype) if xp is np else xp.empty(shape, rows.dtype)
+    _grouped_matmul(rows, _wmat(w), gcols, g.groups, ocg, ocg, kg, a_axis=1, b_axis=0)
+    x_shape = (g.n, g.c, g.h, g.w)
+    if channels_last:
+        gx = xp.empty((g.n, g.h, g.w, g.c), dtype=rows.dtype).transpose(0, 3, 1, 2)
+    else:
+        gx = xp.empty(x_shape, dtype=rows.dtype)
+    col2im_into(gcols, gx, g.kh, g.kw, g.sh, g.sw, g.pad, g.dh, g.dw, g.oh, g.ow, g.groups)
+    return gx
+
+
+# ------------------------------------------------------------------------------ public API
+
+
+def conv2d_forward(x: Any, w: Any, b: Any = None, stride: int | tuple[int, int] = 1,
+                   padding: int | tuple[int, ...] | str = 0,
+                   dilation: int | tuple[int, int] = 1, groups: int = 1, *,
+                   relu: bool = False, return_cols: bool = False) -> Any:
+    """2-D cross-correlation (PyTorch's ``conv2d``), optionally fused with bias and ReLU.
+
+    Args:
+        x: input (N, C, H, W), any memory layout, float32 or float64.
+        w: weight (OC, C // groups, KH, KW), same dtype as x.
+        b: bias (OC,) or None.
+        stride, padding, dilation, groups: as ``torch.nn.functional.conv2d``; see
+            ``conv2d_geometry``.
+        relu: apply ReLU to the result in the same pass as the bias add. Backward then needs
+            ``relu_output=y`` to mask the incoming gradient.
+        return_cols: also return the im2col matrix so backward need not rebuild it
+            (costs (N*OH*OW, K) memory per layer until backward; off by default).
+
+    Returns:
+        y of shape (N, OC, OH, OW), channels-last memory (see module docstring); a fresh
+        array the caller owns. With ``return_cols``: ``(y, cols)``, cols (N*OH*OW, K).
+        For backward the caller keeps x and w (and cols if returned, y if ``relu``).
+
+    >>> x = np.ones((2, 3, 5, 5), np.float32); w = np.ones((4, 3, 3, 3), np.float32)
+    >>> y = conv2d_forward(x, w, np.zeros(4, np.float32), padding=1)
+    >>> y.shape, float(y[0, 0, 2, 2]), float(y[0, 0, 0, 0])
+    ((2, 4, 5, 5), 27.0, 12.0)
+    """
+    check_4d(OP, "input", x, "(N, C, H, W)")
+    check_4d(OP, "weight", w, "(OC, C/groups, KH, KW)")
+    g = conv2d_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    _check_dtypes(("input", x), ("weight", w), ("bias", b))
+    if b is not None and tuple(b.shape) != (g.oc,):
+        raise ValueError(f"{OP}: bias must have shape ({g.oc},), got {tuple(b.shape)}")
+    xp = array_module(x)
+    cols = _cols_buffer(xp, g, x.dtype, owned=return_cols)
+    im2col_into(x, cols, g.kh, g.kw, g.sh, g.sw, g.pad, g.dh, g.dw, g.oh, g.ow, g.groups)
+    y_rows = xp.empty((g.n * g.oh * g.ow, g.oc), dtype=x.dtype)
+    ocg, kg = g.oc // g.groups, g.kh * g.kw * (g.c // g.groups)
+    _grouped_matmul(cols, _wmat(w).T, y_rows, g.groups, kg, ocg, ocg, a_axis=1, b_axis=1)
+    if use_numba(y_rows):
+        if b is not None or relu:
+            _bias_act(y_rows, y_rows[0] if b is None else b, b is not None, relu)
+    else:
+        if b is not None:
+            y_rows += b
+        if relu:
+            xp.maximum(y_rows, 0, out=y_rows)
+    y = y_rows.reshape(g.n, g.oh, g.ow, g.oc).transpose(0, 3, 1, 2)
+    return (y, cols) if return_cols else y
+
+
+def conv2d_grad_input(gy: Any, w: Any, x_shape: tuple[int, int, int, int],
+                      stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
+                      *, channels_last: bool = True, relu_output: Any = None) -> Any:
+    """Gradient of ``conv2d`` with respect to its input: a transposed conv of gy with w.
+
+    Args:
+        gy: upstream gradient (N, OC, OH, OW), any layout.
+        w: weight (OC, C // groups, KH, KW).
+        x_shape: (N, C, H, W) of the forward input.
+        stride, padding, dilation, groups: as in forward.
+        channels_last: memory layout of the result (shape is NCHW either way).
+        relu_output: forward's y when it ran with ``relu=True``.
+
+    Returns:
+        gx of shape x_shape (fresh array).
+
+    >>> gy = np.ones((1, 1, 2, 2)); w = np.ones((1, 1, 2, 2))
+    >>> conv2d_grad_input(gy, w, (1, 1, 3, 3))[0, 0].tolist()
+    [[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]
+    """
+    check_4d(OP, "weight", w, "(OC, C/groups, KH, KW)")
+    g = conv2d_geometry(x_shape, w.shape, stride, padding, dilation, groups)
+    _check_dtypes(("grad_output", gy), ("weight", w))
+    return _grad_input_rows(_gy_rows(gy, g, relu_output), w, g, channels_last)
+
+
+def conv2d_grad_weight(x: Any, gy: Any, w_shape: tuple[int, int, int, int],
+                       stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
+                       *, cols: Any = None, relu_output: Any = None) -> Any:
+    """Gradient of ``conv2d`` with respect to its weight: ``gy_rows.T @ im2col(x)``.
+
+    Args:
+        x: forward input (N, C, H, W).
+        gy: upstream gradient (N, OC, OH, OW).
+        w_shape: (OC, C // groups, KH, KW).
+        stride, padding, dilation, groups: as in forward.
+        cols: forward's im2col matrix if it was kept (``return_cols=True``); else rebuilt.
+        relu_output: forward's y when it ran with ``relu=True``.
+
+    Returns:
+        gw of shape w_shape, C-contiguous (fresh array).
+
+    >>> x = np.ones((1, 1, 3, 3)); gy = np.ones((1, 1, 2, 2))
+    >>> conv2d_grad_weight(x, gy, (1, 1, 2, 2))[0, 0].tolist()
+    [[4.0, 4.0], [4.0, 4.0]]
+    """
+    check_4d(OP, "input", x, "(N, C, H, W)")
+    g = conv2d_geometry(x.shape, w_shape, stride, padding, dilation, groups)
+    _check_dtypes(("input", x), ("grad_output", gy))
+    return _grad_weight_rows(x, _gy_rows(gy, g, relu_output), g, tuple(w_shape), cols)
+
+
+def conv2d_backward(x: Any, w: Any, gy: Any, stride: Any = 1, padding: Any = 0,
+                    dilation: Any = 1, groups: int = 1, *, cols: Any = None,
+                    relu_output: Any = None, need_input_grad: bool = True,
+                    need_weight_grad: bool = True, need_bias_grad: bool = True
+                    ) -> tuple[Any, Any, Any]:
+    """All gradients of ``conv2d_forward`` in one call, sharing the reshaped gy.
+
+    Args:
+        x, w: forward input (N, C, H, W) and weight (OC, C // groups, KH, KW).
+        gy: upstream gradient (N, OC, OH, OW).
+        stride, padding, dilation, groups: as in forward.
+        cols: forward's im2col matrix if kept; rebuilt into a scratch buffer otherwise.
+        relu_output: forward's y when it ran with ``relu=True`` (masks gy by y > 0).
+        need_input_grad, need_weight_grad, need_bias_grad: skip what is not needed (the
+            first layer of a net needs no gx).
+
+    Returns:
+        (gx, gw, gb): gx like x's shape and layout (channels-last if x was, else C order),
+        gw (OC, C // groups, KH, KW), gb (OC,); None for each gradient not asked for.
+
+    >>> x = np.ones((1, 1, 3, 3)); w = np.ones((1, 1, 2, 2))
+    >>> gx, gw, gb = conv2d_backward(x, w, np.ones((1, 1, 2, 2)))
+    >>> float(gx.sum()), float(gw.sum()), gb.tolist()
+    (16.0, 16.0, [4.0])
+    """
+    check_4d(OP, "input", x, "(N, C, H, W)")
+    check_4d(OP, "weight", w, "(OC, C/groups, KH, KW)")
+    g = conv2d_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    _check_dtypes(("input", x), ("weight", w), ("grad_output", gy))
+    rows = _gy_rows(gy, g, relu_output)
+    gb = _grad_bias(rows) if need_bias_grad else None
+    gw = _grad_weight_rows(x, rows, g, tuple(w.shape), cols) if need_weight_grad else None
+    gx = (_grad_input_rows(rows, w, g, is_channels_last(x) and g.c > 1)
+          if need_input_grad else None)
+    return gx, gw, gb
+
+
+def conv2d_reference(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
+                     stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1
+                     ) -> np.ndarray:
+    """Direct loop-over-taps convolution in NumPy, independent of im2col (tests only).
+
+    >>> x = np.ones((1, 1, 3, 3)); w = np.ones((1, 1, 2, 2))
+    >>> conv2d_reference(x, w).tolist()
+    [[[[4.0, 4.0], [4.0, 4.0]]]]
+    """
+    g = conv2d_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    pt, pb, pl, pr = g.pad
+    xp_ = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    cg, ocg = g.c // g.groups, g.oc // g.groups
+    y = np.zeros((g.n, g.oc, g.oh, g.ow), dtype=x.dtype)
+    for gi in range(g.groups):
+        xs = xp_[:, gi * cg:(gi + 1) * cg]
+        ws = w[gi * ocg:(gi + 1) * ocg]
+        for i in range(g.kh):
+            for j in range(g.kw):
+                patch = xs[:, :, i * g.dh: i * g.dh + g.sh * (g.oh - 1) + 1: g.sh,
+                           j * g.dw: j * g.dw + g.sw * (g.ow - 1) + 1: g.sw]
+                y[:, gi * ocg:(gi + 1) * ocg] += np.einsum("nchw,oc->nohw", patch, ws[:, :, i, j])
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1)
+    return y
