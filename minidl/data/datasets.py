@@ -308,7 +308,11 @@ def _download_cifar(dest: Path, fmt: str, url: str | None, md5: str | None,
             f"extracted folder {spec['folder']}/ with {', '.join(spec['train'] + spec['test'])}"
             f" and {spec['meta']} there), or pass root= pointing at such a folder"
         ) from exc
-    extract_archive(archive, dest)
+    try:
+        extract_archive(archive, dest)
+    except DataFormatError:
+        archive.unlink()  # unreadable: a later call must download again, not re-read it
+        raise
     folder = dest / spec["folder"]
     if not folder.is_dir():
         raise DataFormatError(
@@ -424,6 +428,7 @@ class CIFAR10(ArrayDataset):
     >>> ds = CIFAR10(d, train=False)
     >>> len(ds), ds.classes[0], ds[0][0].shape
     (1, 'airplane', (3, 32, 32))
+    >>> import shutil; shutil.rmtree(d)
     """
 
     def __init__(
@@ -471,9 +476,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         DataFormatError: bad magic, unknown type, or a data size that does not match the
             header (truncated or padded file); the message names the file.
 
-    >>> import tempfile, os
+    >>> import tempfile, os, pathlib
     >>> fd, p = tempfile.mkstemp(); os.close(fd)
-    >>> _ = open(p, "wb").write(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9]))
+    >>> _ = pathlib.Path(p).write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9]))
     >>> read_idx(p).tolist()
     [7, 8, 9]
     >>> os.unlink(p)
@@ -586,6 +591,7 @@ def load_fashion_mnist(
     >>> x, y = load_fashion_mnist(d, train=False)
     >>> x.shape, y.tolist()
     ((1, 1, 28, 28), [9])
+    >>> import shutil; shutil.rmtree(d)
     """
     images, labels, _ = _load_idx_dataset(
         "load_fashion_mnist", "fashion-mnist", "MINIDL_FASHION_MNIST",
@@ -609,6 +615,7 @@ def load_mnist(
     >>> x, y = load_mnist(d)
     >>> x.shape, x.dtype, y.dtype
     ((2, 1, 28, 28), dtype('uint8'), dtype('int64'))
+    >>> import shutil; shutil.rmtree(d)
     """
     images, labels, _ = _load_idx_dataset(
         "load_mnist", "mnist", "MINIDL_MNIST", "/usr/share/datasets/mnist", root, train,

@@ -96,6 +96,7 @@ def download_url(
     ...                    md5="900150983cd24fb0d6963f7d28e17f72", progress=False)
     >>> out.read_bytes()
     b'abc'
+    >>> import shutil; shutil.rmtree(d)
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,6 +226,7 @@ def extract_archive(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> 
     ['top']
     >>> (d / "out" / "top" / "x.txt").read_text()
     'hi'
+    >>> import shutil; shutil.rmtree(d)
     """
     archive, dest_dir = Path(archive), Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)

@@ -70,8 +70,8 @@ class ArrayDataset(Dataset):
         *arrays: arrays of shape ``(N, ...)``, all with the same ``N``.
 
     >>> ds = ArrayDataset(np.zeros((5, 3, 2, 2), np.uint8), np.arange(5))
-    >>> len(ds), ds[2][1], ds.get_batch(np.array([4, 0]))[1].tolist()
-    (5, np.int64(2), [4, 0])
+    >>> len(ds), int(ds[2][1]), ds.get_batch(np.array([4, 0]))[1].tolist()
+    (5, 2, [4, 0])
     """
 
     def __init__(self, *arrays: Any) -> None:

@@ -1,0 +1,64 @@
+"""minidl's data package: datasets (CIFAR-10, MNIST, Fashion-MNIST, memmap folders), the
+``DataLoader`` that batches, shuffles, augments and prefetches them, and the batch
+``transforms`` used for augmentation.
+
+Typical use::
+
+    from minidl.data import CIFAR10, DataLoader, transforms as T
+    train = DataLoader(CIFAR10(train=True, download=True), batch_size=128, shuffle=True,
+                       seed=0, transform=T.Compose([T.RandomCrop(32, padding=4),
+                                                    T.RandomHorizontalFlip(), T.ToFloat()]))
+"""
+
+from . import transforms
+from ._util import DataFormatError, DatasetNotFoundError, default_data_root
+from .datasets import (
+    CIFAR10,
+    CIFAR10_CLASSES,
+    FASHION_MNIST_CLASSES,
+    MNIST,
+    MNIST_CLASSES,
+    FashionMNIST,
+    load_cifar10,
+    load_fashion_mnist,
+    load_mnist,
+    read_idx,
+    safe_unpickle,
+)
+from .download import DownloadError, download_url, extract_archive, file_md5
+from .loader import ArrayDataset, DataLoader, Dataset
+from .memmap import (
+    MemmapDataset,
+    convert_cifar10,
+    convert_image_folder,
+    write_memmap_dataset,
+)
+
+__all__ = [
+    "CIFAR10",
+    "CIFAR10_CLASSES",
+    "FASHION_MNIST_CLASSES",
+    "MNIST",
+    "MNIST_CLASSES",
+    "ArrayDataset",
+    "DataFormatError",
+    "DataLoader",
+    "Dataset",
+    "DatasetNotFoundError",
+    "DownloadError",
+    "FashionMNIST",
+    "MemmapDataset",
+    "convert_cifar10",
+    "convert_image_folder",
+    "default_data_root",
+    "download_url",
+    "extract_archive",
+    "file_md5",
+    "load_cifar10",
+    "load_fashion_mnist",
+    "load_mnist",
+    "read_idx",
+    "safe_unpickle",
+    "transforms",
+    "write_memmap_dataset",
+]
