@@ -7,7 +7,7 @@
 tensor([2., 4., 6.])
 """
 
-from minidl import functional
+from minidl import data, functional, nn, optim
 from minidl.autograd import (
     Function,
     Tensor,
@@ -24,11 +24,12 @@ from minidl.autograd import (
 from minidl.backend import Device, cuda_is_available
 from minidl.gradcheck import gradcheck, gradgradcheck
 from minidl.random import manual_seed
+from minidl.serialization import load, save
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Device", "Function", "Tensor", "cuda_is_available", "enable_grad", "functional",
-    "gradcheck", "gradgradcheck", "is_grad_enabled", "manual_seed", "no_grad", "ones", "rand",
-    "randn", "set_grad_enabled", "tensor", "zeros",
+    "Device", "Function", "Tensor", "cuda_is_available", "data", "enable_grad", "functional",
+    "gradcheck", "gradgradcheck", "is_grad_enabled", "load", "manual_seed", "nn", "no_grad",
+    "ones", "optim", "rand", "randn", "save", "set_grad_enabled", "tensor", "zeros",
 ]

@@ -19,6 +19,7 @@ from minidl.functional.activation import (
     softmax,
     tanh,
 )
+from minidl.functional.conv import conv2d
 from minidl.functional.linalg import linear, matmul
 from minidl.functional.loss import cross_entropy, mse_loss, softmax_cross_entropy
 from minidl.functional.math import (
@@ -42,6 +43,7 @@ from minidl.functional.math import (
     to_device,
     where,
 )
+from minidl.functional.norm import batch_norm, dropout, layer_norm
 from minidl.functional.reduce import argmax, max, mean, min, sum
 from minidl.functional.shape import (
     concatenate,
@@ -60,12 +62,12 @@ clamp = clip
 cat = concatenate
 
 __all__ = [
-    "abs", "add", "argmax", "broadcast_to", "cast", "cat", "clamp", "clip", "concatenate",
-    "cross_entropy", "div", "erf", "exp", "flatten", "gelu", "getitem", "leaky_relu", "linear",
-    "log", "log_softmax", "matmul", "max", "maximum", "mean", "min", "minimum", "mse_loss",
-    "mul", "neg", "pad", "permute", "pow", "relu", "reshape", "sigmoid", "softmax",
-    "softmax_cross_entropy", "sqrt", "squeeze", "stack", "sub", "sum", "sum_to", "tanh",
-    "to_device", "transpose", "unsqueeze", "where",
+    "abs", "add", "argmax", "batch_norm", "broadcast_to", "cast", "cat", "clamp", "clip",
+    "concatenate", "conv2d", "cross_entropy", "div", "dropout", "erf", "exp", "flatten", "gelu",
+    "getitem", "layer_norm", "leaky_relu", "linear", "log", "log_softmax", "matmul", "max",
+    "maximum", "mean", "min", "minimum", "mse_loss", "mul", "neg", "pad", "permute", "pow", "relu",
+    "reshape", "sigmoid", "softmax", "softmax_cross_entropy", "sqrt", "squeeze", "stack", "sub",
+    "sum", "sum_to", "tanh", "to_device", "transpose", "unsqueeze", "where",
 ]
 
 

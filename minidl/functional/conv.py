@@ -1,0 +1,112 @@
+"""2-D convolution as an autograd op, on top of the array kernels in ``minidl.kernels.conv``.
+
+Shapes (PyTorch's): input ``x (N, C, H, W)``, weight ``w (OC, C/groups, KH, KW)``, bias
+``b (OC,)``, output ``y (N, OC, OH, OW)`` with
+``OH = floor((H + PH_top + PH_bottom - DH*(KH-1) - 1) / SH) + 1`` (likewise OW).
+
+Forward is im2col + one GEMM. Backward needs two products:
+
+* ``gx``: a *transposed* convolution of ``gy`` with ``w`` (GEMM, then col2im);
+* ``gw``: ``gy`` (as rows) times ``im2col(x)``; ``gb``: ``gy`` summed over N, OH, OW.
+
+In an ordinary backward pass all three come from one kernel call that shares the
+reshaped ``gy``. Under ``create_graph=True`` backward is instead written with the two
+differentiable ops ``Conv2dGradInput`` and ``Conv2dGradWeight``, whose own backwards are
+convolutions again, so conv2d has second derivatives too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minidl.autograd import Function, Tensor, is_grad_enabled
+from minidl.kernels import conv as K
+
+
+class Conv2d(Function):
+    def forward(self, x: Any, w: Any, b: Any = None) -> Any:
+        return K.conv2d_forward(x, w, b, *self.args)
+
+    def backward(self, gy: Tensor) -> tuple:
+        x, w = self.inputs[:2]
+        need = self.needs_input_grad
+        has_bias = len(self.inputs) == 3
+        if not is_grad_enabled():  # plain backward: one fused kernel call
+            gx, gw, gb = K.conv2d_backward(
+                x.data, w.data, gy.data, *self.args, need_input_grad=need[0],
+                need_weight_grad=need[1], need_bias_grad=has_bias and need[2])
+            grads = tuple(None if g is None else Tensor._make(g, False) for g in (gx, gw, gb))
+        else:  # create_graph: differentiable pieces
+            gx = Conv2dGradInput.apply(gy, w, x_shape=x.shape, args=self.args) if need[0] \
+                else None
+            gw = Conv2dGradWeight.apply(x, gy, w_shape=w.shape, args=self.args) if need[1] \
+                else None
+            gb = gy.sum(axis=(0, 2, 3)) if has_bias and need[2] else None
+            grads = (gx, gw, gb)
+        return grads if has_bias else grads[:2]
+
+
+class Conv2dGradInput(Function):
+    """``gx = conv_transpose(gy, w)`` as a differentiable op (inputs gy, w)."""
+
+    def forward(self, gy: Any, w: Any) -> Any:
+        return K.conv2d_grad_input(gy, w, self.x_shape, *self.args)
+
+    def backward(self, ggx: Tensor) -> tuple:
+        gy, w = self.inputs
+        d_gy = Conv2d.apply(ggx, w, args=self.args) if self.needs_input_grad[0] else None
+        d_w = Conv2dGradWeight.apply(ggx, gy, w_shape=w.shape, args=self.args) \
+            if self.needs_input_grad[1] else None
+        return d_gy, d_w
+
+
+class Conv2dGradWeight(Function):
+    """``gw = rows(gy)^T @ im2col(x)`` as a differentiable op (inputs x, gy)."""
+
+    def forward(self, x: Any, gy: Any) -> Any:
+        return K.conv2d_grad_weight(x, gy, self.w_shape, *self.args)
+
+    def backward(self, ggw: Tensor) -> tuple:
+        x, gy = self.inputs
+        d_x = Conv2dGradInput.apply(gy, ggw, x_shape=x.shape, args=self.args) \
+            if self.needs_input_grad[0] else None
+        d_gy = Conv2d.apply(x, ggw, args=self.args) if self.needs_input_grad[1] else None
+        return d_x, d_gy
+
+
+def conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, ...] | str = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> Tensor:
+    """2-D convolution (cross-correlation, as in every framework), NCHW.
+
+    Args:
+        x: ``(N, C, H, W)``.
+        weight: ``(OC, C // groups, KH, KW)``.
+        bias: ``(OC,)`` or None.
+        stride: int or ``(SH, SW)``, each >= 1.
+        padding: int, ``(PH, PW)``, ``(top, bottom, left, right)``, ``"valid"`` (0) or
+            ``"same"`` (output size = input size; stride must be 1).
+        dilation: int or ``(DH, DW)``.
+        groups: split channels into this many independent convolutions.
+
+    Returns:
+        ``(N, OC, OH, OW)``. Its memory is channels-last (NHWC order), which is what the
+        GEMM writes; the shape and values are ordinary NCHW.
+
+    >>> import minidl
+    >>> x = minidl.ones(2, 3, 8, 8); w = minidl.ones(4, 3, 3, 3)
+    >>> conv2d(x, w, padding="same").shape
+    (2, 4, 8, 8)
+    """
+    for name, t in (("input", x), ("weight", weight), ("bias", bias)):
+        if t is not None and not isinstance(t, Tensor):
+            raise TypeError(f"conv2d: {name} must be a Tensor, got {type(t).__name__}")
+    args = (stride, padding, dilation, groups)
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    return Conv2d.apply(*tensors, args=args)

@@ -1,0 +1,294 @@
+"""Normalization and noise: ``batch_norm`` (one fused op), ``layer_norm`` and ``dropout``.
+
+Batch norm normalizes each channel ``c`` over the ``M = N * H * W`` values it takes in a
+batch: ``xhat = (x - mean) * inv_std`` with ``inv_std = 1 / sqrt(var + eps)`` (biased
+variance), then ``y = weight * xhat + bias``. Its backward is the classic fused formula
+
+    gxhat = gy * weight
+    gx    = inv_std / M * (M * gxhat - sum(gxhat) - xhat * sum(gxhat * xhat))
+
+(sums over the ``M`` positions of a channel): three passes over the data instead of the
+dozen that the chain of elementary ops would record. The formula is written with
+differentiable ops, and when a graph of the backward pass is being recorded (double backward)
+``xhat`` and ``inv_std`` are rebuilt from ``x`` with differentiable ops, so second derivatives
+are exact; otherwise the arrays saved by the forward pass are reused as constants.
+
+All scalars enter the math as Python floats, which NumPy 2 treats as "weak", so float32
+inputs stay float32 (a NumPy ``float64`` scalar would silently promote).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from minidl import backend
+from minidl.autograd import Function, Tensor, is_grad_enabled
+from minidl.functional.math import sqrt
+from minidl.functional.reduce import mean as _mean
+from minidl.functional.reduce import sum as _sum
+
+
+def _const(array: Any) -> Tensor:
+    return Tensor._make(array, False)
+
+
+class BatchNorm(Function):
+    """Inputs: ``x`` and, when affine, ``weight (C,)`` and ``bias (C,)``.
+
+    Options: ``axes`` (the reduced axes), ``pshape`` (``(1, C, 1, ...)``, the broadcast shape
+    of per-channel values), ``use_batch_stats``, ``running_mean``/``running_var`` (raw arrays
+    or None), ``momentum``, ``eps``.
+    """
+
+    def forward(self, x: Any, weight: Any = None, bias: Any = None) -> Any:
+        xp = backend.get_array_module(x)
+        if self.use_batch_stats:
+            m = x.size // x.shape[1]
+            mean = x.mean(axis=self.axes, keepdims=True)
+            xc = x - mean
+            var = (xc * xc).mean(axis=self.axes, keepdims=True)
+            inv_std = 1.0 / xp.sqrt(var + self.eps)
+            rm, rv = self.running_mean, self.running_var
+            if rm is not None:
+                mom = self.momentum
+                # Running variance is the unbiased estimate, as in PyTorch.
+                unbiased = var.reshape(-1) * (m / (m - 1))
+                rm[...] = (rm * (1.0 - mom) + mean.reshape(-1).astype(rm.dtype) * mom)
+                rv[...] = (rv * (1.0 - mom) + unbiased.astype(rv.dtype) * mom)
+        else:
+            xc = x - self.running_mean.astype(x.dtype).reshape(self.pshape)
+            inv_std = 1.0 / xp.sqrt(self.running_var.astype(x.dtype).reshape(self.pshape)
+                                    + self.eps)
+        xhat = xc * inv_std
+        self.save_for_backward(xhat, inv_std)
+        y = xhat
+        if weight is not None:
+            y = y * weight.reshape(self.pshape) + bias.reshape(self.pshape)
+        return y
+
+    def _stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``xhat`` and ``inv_std``: differentiable in ``x`` while recording a graph (double
+        backward), otherwise the constants saved by the forward pass."""
+        xhat, inv_std = self.saved
+        if not (is_grad_enabled() and x.requires_grad):
+            return _const(xhat), _const(inv_std)
+        if self.use_batch_stats:
+            xc = x - _mean(x, axis=self.axes, keepdims=True)
+            inv_std_t = 1.0 / sqrt(_mean(xc * xc, axis=self.axes, keepdims=True) + self.eps)
+            return xc * inv_std_t, inv_std_t
+        rm = _const(x.xp.asarray(self.running_mean, dtype=x.dtype).reshape(self.pshape))
+        return (x - rm) * _const(inv_std), _const(inv_std)
+
+    def backward(self, gy: Tensor) -> tuple:
+        x = self.inputs[0]
+        affine = len(self.inputs) == 3
+        need = self.needs_input_grad
+        xhat, inv_std = self._stats(x)
+        gxhat = gy * self.inputs[1].reshape(self.pshape) if affine else gy
+        gx = None
+        if need[0]:
+            if self.use_batch_stats:
+                m = x.size // x.shape[1]
+                s1 = _sum(gxhat, axis=self.axes, keepdims=True)
+                s2 = _sum(gxhat * xhat, axis=self.axes, keepdims=True)
+                gx = (gxhat * float(m) - s1 - xhat * s2) * (inv_std * (1.0 / m))
+            else:
+                gx = gxhat * inv_std
+        if not affine:
+            return gx
+        gw = _sum(gy * xhat, axis=self.axes).reshape(-1) if need[1] else None
+        gb = _sum(gy, axis=self.axes).reshape(-1) if need[2] else None
+        return gx, gw, gb
+
+
+def _raw(t: Any, op: str, name: str) -> Any:
+    if t is None:
+        return None
+    if isinstance(t, Tensor):
+        return t.data
+    if hasattr(t, "shape") and hasattr(t, "dtype"):
+        return t
+    raise TypeError(f"{op}: {name} must be a Tensor or an array, got {type(t).__name__}")
+
+
+def batch_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Batch normalization over every axis but the channel axis 1, as one fused op.
+
+    In training mode the batch statistics are used and ``running_mean``/``running_var`` are
+    updated **in place**: ``r = (1 - momentum) * r + momentum * stat`` (the running variance
+    takes the unbiased batch variance, like PyTorch). In eval mode the running statistics
+    are used. With ``running_mean=None`` the batch statistics are always used.
+
+    Args:
+        x: ``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)``.
+        running_mean, running_var: ``(C,)`` tensors (buffers), or None.
+        weight, bias: optional ``(C,)`` affine parameters (give both or neither).
+        training: use batch statistics and update the running ones.
+        momentum: weight of the new batch statistic in the running average.
+        eps: added to the variance for stability.
+
+    Returns:
+        A tensor of the shape and dtype of ``x``.
+
+    >>> import minidl
+    >>> from minidl.functional.norm import batch_norm
+    >>> x = minidl.tensor([[1.0], [3.0]])
+    >>> rm, rv = minidl.zeros(1), minidl.ones(1)
+    >>> batch_norm(x, rm, rv, training=True, eps=0.0).tolist()
+    [[-1.0], [1.0]]
+    >>> rm.tolist(), rv.tolist()
+    ([0.20000000298023224], [1.100000023841858])
+    """
+    op = "batch_norm"
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: expected a Tensor input, got {type(x).__name__}")
+    if x.ndim < 2:
+        raise ValueError(f"{op}: input must be (N, C), (N, C, L) or (N, C, H, W), got shape "
+                         f"{x.shape}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"{op}: input must be floating point, got dtype {x.dtype}")
+    c = x.shape[1]
+    rm, rv = _raw(running_mean, op, "running_mean"), _raw(running_var, op, "running_var")
+    if (rm is None) != (rv is None):
+        raise ValueError(f"{op}: give both running_mean and running_var or neither")
+    for name, r in (("running_mean", rm), ("running_var", rv)):
+        if r is not None and tuple(r.shape) != (c,):
+            raise ValueError(f"{op}: {name} must have shape ({c},) for an input with {c} "
+                             f"channels, got {tuple(r.shape)} (input shape {x.shape})")
+    if (weight is None) != (bias is None):
+        raise ValueError(f"{op}: give both weight and bias or neither")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None:
+            if p.shape != (c,):
+                raise ValueError(f"{op}: {name} must have shape ({c},) for an input with {c} "
+                                 f"channels, got {p.shape} (input shape {x.shape})")
+            if p.dtype != x.dtype:
+                raise TypeError(f"{op}: {name} dtype {p.dtype} differs from input dtype "
+                                f"{x.dtype}")
+    use_batch = bool(training) or rm is None
+    m = x.size // c if c else 0
+    if use_batch and m <= 1:
+        raise ValueError(f"{op}: expected more than 1 value per channel when training, got "
+                         f"input shape {x.shape}")
+    axes = (0,) + tuple(range(2, x.ndim))
+    pshape = (1, c) + (1,) * (x.ndim - 2)
+    args = (x,) if weight is None else (x, weight, bias)
+    return BatchNorm.apply(
+        *args, axes=axes, pshape=pshape, use_batch_stats=use_batch,
+        running_mean=rm, running_var=rv,
+        momentum=float(momentum), eps=float(eps),
+    )
+
+
+def layer_norm(
+    x: Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Layer normalization over the trailing ``normalized_shape`` dimensions.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the mean and (biased) variance
+    taken over the last ``len(normalized_shape)`` axes of each sample. Built from
+    differentiable ops, so any order of derivative works.
+
+    Args:
+        x: ``(..., *normalized_shape)``.
+        normalized_shape: the trailing shape to normalize over.
+        weight, bias: optional tensors of shape ``normalized_shape``.
+        eps: added to the variance.
+
+    >>> import minidl
+    >>> from minidl.functional.norm import layer_norm
+    >>> layer_norm(minidl.tensor([[1.0, 3.0]]), 2, eps=0.0).tolist()
+    [[-1.0, 1.0]]
+    """
+    op = "layer_norm"
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: expected a Tensor input, got {type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"{op}: input must be floating point, got dtype {x.dtype}")
+    shape = (int(normalized_shape),) if isinstance(normalized_shape, (int, np.integer)) \
+        else tuple(int(s) for s in normalized_shape)
+    k = len(shape)
+    if k == 0 or x.shape[x.ndim - k:] != shape or x.ndim < k:
+        raise ValueError(f"{op}: input shape {x.shape} does not end with normalized_shape "
+                         f"{shape}")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != shape:
+            raise ValueError(f"{op}: {name} must have shape {shape}, got {p.shape}")
+        if p is not None and p.dtype != x.dtype:
+            raise TypeError(f"{op}: {name} dtype {p.dtype} differs from input dtype {x.dtype}")
+    axes = tuple(range(x.ndim - k, x.ndim))
+    xc = x - _mean(x, axis=axes, keepdims=True)
+    var = _mean(xc * xc, axis=axes, keepdims=True)
+    y = xc / sqrt(var + float(eps))
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def dropout(
+    x: Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    mask: Tensor | Any | None = None,
+) -> Tensor:
+    """Inverted dropout: zero each element with probability ``p`` and scale the survivors by
+    ``1 / (1 - p)``, so that eval mode is the identity.
+
+    The keep-mask is drawn on the CPU from ``minidl.random.default_generator()`` (so runs
+    are reproducible under ``manual_seed`` on every device) and then moved to ``x``'s device.
+
+    Args:
+        x: any shape.
+        p: drop probability in ``[0, 1]``.
+        training: when False, return ``x`` unchanged.
+        mask: optional fixed keep-mask (bool or 0/1) of ``x``'s shape, e.g. for gradient
+            checks; it is still scaled by ``1 / (1 - p)``.
+
+    >>> import minidl
+    >>> from minidl.functional.norm import dropout
+    >>> x = minidl.ones(4)
+    >>> dropout(x, 0.5, mask=[1, 0, 1, 0]).tolist()
+    [2.0, 0.0, 2.0, 0.0]
+    """
+    op = "dropout"
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: expected a Tensor input, got {type(x).__name__}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{op}: p must be in [0, 1], got {p}")
+    if not training or (p == 0.0 and mask is None):
+        return x
+    if x.dtype.kind != "f":
+        raise TypeError(f"{op}: input must be floating point, got dtype {x.dtype}")
+    if mask is None:
+        from minidl.random import default_generator
+
+        keep = default_generator().random(x.shape) >= p
+    else:
+        keep = mask.data if isinstance(mask, Tensor) else mask
+        if not hasattr(keep, "shape"):
+            keep = np.asarray(keep)
+        if tuple(keep.shape) != x.shape:
+            raise ValueError(f"{op}: mask has shape {tuple(keep.shape)} but input has "
+                             f"shape {x.shape}")
+    keep = backend.to_device(keep, x.device)
+    scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
+    factor = keep.astype(x.dtype) * scale  # a Python-float scale keeps x's dtype
+    return x * _const(factor)
