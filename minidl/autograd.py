@@ -140,11 +140,15 @@ class Function:
         self.needs_input_grad = tuple(record and t.requires_grad for t in inputs)
         out = self.forward(*[t.data for t in inputs])
         single = not isinstance(out, tuple)
-        outs = (out,) if single else out
+        # NumPy reductions to a scalar return np.generic, not a 0-d array: keep .data an array
+        outs = tuple(np.asarray(o) if isinstance(o, np.generic) else o
+                     for o in ((out,) if single else out))
         tensors = tuple(Tensor._make(o, record and _is_float(o.dtype)) for o in outs)
         if record:
             self.inputs = tuple(inputs)
             self._outputs = [weakref.ref(t) for t in tensors]
+            if not single:  # to give a freed, unused output a zero gradient in backward
+                self._out_meta = [(o.shape, o.dtype) for o in outs]
             for t in tensors:
                 if t.requires_grad:
                     t._ctx = self
@@ -407,17 +411,19 @@ class Tensor:
     def backward(
         self,
         grad: Tensor | Any | None = None,
-        retain_graph: bool = False,
+        retain_graph: bool | None = None,
         create_graph: bool = False,
     ) -> None:
         """Backpropagate from this tensor, accumulating into ``.grad`` of the leaves.
 
         Args:
             grad: upstream gradient, same shape as self; may be omitted for one element.
-            retain_graph: keep saved values so backward can run again on this graph.
+            retain_graph: keep saved values so backward can run again on this graph;
+                defaults to ``create_graph`` (the recorded gradients still need the graph).
             create_graph: record the backward pass itself, for higher-order gradients.
         """
-        _run_backward([self], [grad], retain_graph, create_graph)
+        keep = create_graph if retain_graph is None else retain_graph
+        _run_backward([self], [grad], keep, create_graph)
 
     # -- operators (defined in minidl.functional; bound at the end of this module) --------
     def __getitem__(self, index: Any) -> Tensor:
@@ -524,7 +530,11 @@ def _run_backward(
             if id(x) in wanted:
                 captured[id(x)] = _accumulate(captured.get(id(x)), gx)
         elif x._ctx is None:
-            x.grad = _accumulate(x.grad, gx if create_graph else gx.detach())
+            if not create_graph:
+                # .grad must own writable memory: a gradient may be a read-only broadcast view
+                # (sum's backward) or the very array handed to another input (add's backward)
+                gx = Tensor._make(gx.data.copy(), False) if x.grad is None else gx.detach()
+            x.grad = _accumulate(x.grad, gx)
 
     for r in roots:  # a root that is itself a leaf (or captured) gets its gradient directly
         if r._ctx is None or id(r) in wanted:
@@ -534,16 +544,21 @@ def _run_backward(
         for fn in _toposort(fns):
             gys = []
             any_grad = False
-            for ref in fn._outputs:
-                out = ref()
+            # Hold the outputs until fn.backward has run: popping their pending gradients
+            # may drop the last reference, and backward may still ask for self.output(i).
+            outs = [ref() for ref in fn._outputs]
+            for k, out in enumerate(outs):
                 entry = grads.pop(id(out), None) if out is not None else None
                 g = entry[1] if entry is not None else None
                 if g is not None:
                     any_grad = True
-                    if out._retain_grad and capture is None:
-                        out.grad = g if create_graph else g.detach()
+                    if out._retain_grad and capture is None:  # accumulates, like a leaf
+                        out.grad = _accumulate(out.grad, g if create_graph else g.detach())
                 elif out is not None:
                     g = Tensor._make(out.xp.zeros(out.data.shape, dtype=out.dtype), False)
+                elif len(outs) > 1:  # a freed output of a multi-output op: zero gradient
+                    shape, dtype = fn._out_meta[k]
+                    g = Tensor._make(fn.inputs[0].xp.zeros(shape, dtype=dtype), False)
                 gys.append(g)
             if not any_grad:
                 if not retain_graph:
@@ -577,14 +592,15 @@ def _run_backward(
 def backward(
     tensors: Tensor | Sequence[Tensor],
     grad_tensors: Any = None,
-    retain_graph: bool = False,
+    retain_graph: bool | None = None,
     create_graph: bool = False,
 ) -> None:
     """Backpropagate from several tensors at once, accumulating into the leaves' ``.grad``."""
     tensors = [tensors] if isinstance(tensors, Tensor) else list(tensors)
     grads = [None] * len(tensors) if grad_tensors is None else (
         [grad_tensors] if isinstance(grad_tensors, Tensor) else list(grad_tensors))
-    _run_backward(tensors, grads, retain_graph, create_graph)
+    keep = create_graph if retain_graph is None else retain_graph
+    _run_backward(tensors, grads, keep, create_graph)
 
 
 def grad(

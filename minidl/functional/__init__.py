@@ -44,6 +44,7 @@ from minidl.functional.math import (
     where,
 )
 from minidl.functional.norm import batch_norm, dropout, layer_norm
+from minidl.functional.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from minidl.functional.reduce import argmax, max, mean, min, sum
 from minidl.functional.shape import (
     concatenate,
@@ -62,12 +63,13 @@ clamp = clip
 cat = concatenate
 
 __all__ = [
-    "abs", "add", "argmax", "batch_norm", "broadcast_to", "cast", "cat", "clamp", "clip",
-    "concatenate", "conv2d", "cross_entropy", "div", "dropout", "erf", "exp", "flatten", "gelu",
-    "getitem", "layer_norm", "leaky_relu", "linear", "log", "log_softmax", "matmul", "max",
-    "maximum", "mean", "min", "minimum", "mse_loss", "mul", "neg", "pad", "permute", "pow", "relu",
-    "reshape", "sigmoid", "softmax", "softmax_cross_entropy", "sqrt", "squeeze", "stack", "sub",
-    "sum", "sum_to", "tanh", "to_device", "transpose", "unsqueeze", "where",
+    "abs", "adaptive_avg_pool2d", "add", "argmax", "avg_pool2d", "batch_norm", "broadcast_to",
+    "cast", "cat", "clamp", "clip", "concatenate", "conv2d", "cross_entropy", "div", "dropout",
+    "erf", "exp", "flatten", "gelu", "getitem", "layer_norm", "leaky_relu", "linear", "log",
+    "log_softmax", "matmul", "max", "max_pool2d", "maximum", "mean", "min", "minimum", "mse_loss",
+    "mul", "neg", "pad", "permute", "pow", "relu", "reshape", "sigmoid", "softmax",
+    "softmax_cross_entropy", "sqrt", "squeeze", "stack", "sub", "sum", "sum_to", "tanh",
+    "to_device", "transpose", "unsqueeze", "where",
 ]
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from minidl.autograd import Function, Tensor
 from minidl.functional.math import _operands, sum_to
 
@@ -39,8 +41,14 @@ def matmul(a: Any, b: Any) -> Tensor:
                          f"{b.shape}")
     if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
         raise ValueError(f"matmul: inner dimensions differ, shapes {a.shape} and {b.shape}")
+    try:
+        np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ValueError(f"matmul: batch dimensions do not broadcast, shapes {a.shape} and "
+                         f"{b.shape}") from None
     if a.ndim == 1:
-        return matmul(a.reshape(1, -1), b).squeeze(-2)
+        # (k,) @ (k,) squeezes to (); (k,) @ (..., k, m) drops the promoted row axis
+        return matmul(a.reshape(1, -1), b).squeeze(-2 if b.ndim > 1 else -1)
     if b.ndim == 1:
         return matmul(a, b.reshape(-1, 1)).squeeze(-1)
     return MatMul.apply(a, b)

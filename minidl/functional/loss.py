@@ -108,7 +108,9 @@ def softmax_cross_entropy(
         if t.shape != (n, c):
             raise ValueError(f"{op}: probability targets must have shape ({n}, {c}), got "
                              f"{t.shape}")
-        if t.dtype != logits.dtype:
+        if not isinstance(target, Tensor):  # a plain array takes the logits' dtype
+            t = t.astype(logits.dtype, copy=False)
+        elif t.dtype != logits.dtype:
             raise TypeError(f"{op}: target dtype {t.dtype} differs from logits dtype "
                             f"{logits.dtype}")
         q = target if isinstance(target, Tensor) else Tensor._make(t, False)

@@ -68,6 +68,22 @@ def _is_array_like(v: Any) -> bool:
     return hasattr(v, "__array_interface__") or hasattr(v, "__cuda_array_interface__")
 
 
+def _apply_binary(fn: type[Function], a: Tensor, b: Tensor, op: str, **options: Any) -> Tensor:
+    """Run a broadcasting op; NumPy's broadcast error is reworded to name the op."""
+    try:
+        return fn.apply(a, b, **options)
+    except ValueError:
+        shapes = [a.shape, b.shape]
+        if "cond" in options:
+            shapes.insert(0, tuple(options["cond"].shape))
+        try:
+            np.broadcast_shapes(*shapes)
+        except ValueError:
+            names = " and ".join(str(s) for s in shapes)
+            raise ValueError(f"{op}: shapes {names} cannot be broadcast together") from None
+        raise  # some other complaint from NumPy (e.g. int ** negative int)
+
+
 def _scalar_like(value: float, like: Tensor) -> Tensor:
     return Tensor._make(like.xp.asarray(value, dtype=like.dtype), False)
 
@@ -205,19 +221,19 @@ def add(a: Any, b: Any) -> Tensor:
     [2.0, 3.0]
     """
     a, b = _operands(a, b, "add")
-    return Add.apply(a, b)
+    return _apply_binary(Add, a, b, "add")
 
 
 def sub(a: Any, b: Any) -> Tensor:
     """Elementwise ``a - b`` with broadcasting."""
     a, b = _operands(a, b, "sub")
-    return Sub.apply(a, b)
+    return _apply_binary(Sub, a, b, "sub")
 
 
 def mul(a: Any, b: Any) -> Tensor:
     """Elementwise ``a * b`` with broadcasting."""
     a, b = _operands(a, b, "mul")
-    return Mul.apply(a, b)
+    return _apply_binary(Mul, a, b, "mul")
 
 
 def div(a: Any, b: Any) -> Tensor:
@@ -225,7 +241,7 @@ def div(a: Any, b: Any) -> Tensor:
     a, b = _operands(a, b, "div")
     if not _is_float(a.dtype):
         a, b = cast(a, _DEFAULT_FLOAT), cast(b, _DEFAULT_FLOAT)
-    return Div.apply(a, b)
+    return _apply_binary(Div, a, b, "div")
 
 
 def neg(x: Tensor) -> Tensor:
@@ -241,7 +257,7 @@ def pow(a: Any, b: Any) -> Tensor:  # noqa: A001 - mirrors torch.pow
     [4.0, 9.0]
     """
     a, b = _operands(a, b, "pow")
-    return Pow.apply(a, b)
+    return _apply_binary(Pow, a, b, "pow")
 
 
 # ----------------------------------------------------------------------------------------
@@ -356,7 +372,7 @@ def where(cond: Any, a: Any, b: Any) -> Tensor:
     c = cond.data if isinstance(cond, Tensor) else backend.to_device(np.asarray(cond), a.device)
     if c.dtype != np.bool_:
         c = c.astype(bool)
-    return Where.apply(a, b, cond=c)
+    return _apply_binary(Where, a, b, "where", cond=c)
 
 
 class Maximum(Function):
@@ -383,18 +399,22 @@ def maximum(a: Any, b: Any) -> Tensor:
     [3.0, 5.0]
     """
     a, b = _operands(a, b, "maximum")
-    return Maximum.apply(a, b, largest=True)
+    return _apply_binary(Maximum, a, b, "maximum", largest=True)
 
 
 def minimum(a: Any, b: Any) -> Tensor:
     """Elementwise minimum; at ties each input receives half the gradient."""
     a, b = _operands(a, b, "minimum")
-    return Maximum.apply(a, b, largest=False)
+    return _apply_binary(Maximum, a, b, "minimum", largest=False)
 
 
 class Clip(Function):
     def forward(self, x: Any) -> Any:
-        return backend.get_array_module(x).clip(x, self.lo, self.hi)
+        lo, hi = self.lo, self.hi
+        if _is_float(x.dtype):  # a float64 NumPy bound would otherwise upcast float32 x
+            lo = None if lo is None else x.dtype.type(lo)
+            hi = None if hi is None else x.dtype.type(hi)
+        return backend.get_array_module(x).clip(x, lo, hi)
 
     def backward(self, gy: Tensor) -> Tensor:
         x = self.inputs[0].data

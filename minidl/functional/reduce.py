@@ -29,6 +29,8 @@ def _norm_axis(axis: Axis, ndim: int, op: str) -> tuple[int, ...]:
         out.append(int(a) % builtins.max(ndim, 1))
     if len(set(out)) != len(out):
         raise ValueError(f"{op}: repeated axis in {axis}")
+    if ndim == 0:  # axis 0 / -1 of a 0-d tensor is accepted (as in PyTorch): nothing to reduce
+        return ()
     return tuple(sorted(out))
 
 

@@ -66,7 +66,8 @@ def permute(x: Tensor, *dims: int) -> Tensor:
     (4, 2, 3)
     """
     dims = _shape_arg(dims)
-    if sorted(d % x.ndim for d in dims) != list(range(x.ndim)) or len(dims) != x.ndim:
+    if (len(dims) != x.ndim or any(not -x.ndim <= d < x.ndim for d in dims)
+            or sorted(d % x.ndim for d in dims) != list(range(x.ndim))):
         raise ValueError(f"permute: {dims} is not a permutation of the {x.ndim} axes of "
                          f"shape {x.shape}")
     dims = tuple(d % x.ndim for d in dims)
@@ -84,6 +85,9 @@ def transpose(x: Tensor, dim0: int = -2, dim1: int = -1) -> Tensor:
     """
     if x.ndim < 2:
         return x
+    for d in (dim0, dim1):
+        if not -x.ndim <= d < x.ndim:
+            raise ValueError(f"transpose: axis {d} is out of range for shape {x.shape}")
     dims = list(range(x.ndim))
     dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
     return permute(x, *dims)
@@ -108,6 +112,8 @@ def squeeze(x: Tensor, axis: int | None = None) -> Tensor:
     """Drop axis ``axis`` (which must have size 1), or all size-1 axes."""
     if axis is None:
         return reshape(x, tuple(s for s in x.shape if s != 1))
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"squeeze: axis {axis} is out of range for shape {x.shape}")
     if x.shape[axis] != 1:
         raise ValueError(f"squeeze: axis {axis} has size {x.shape[axis]}, expected 1")
     shape = list(x.shape)
