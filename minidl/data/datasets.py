@@ -241,7 +241,8 @@ def _find_cifar(root: Path, fmt_order: list[str]) -> tuple[str, Path, str] | Non
 def _cifar_roots(root: str | os.PathLike | None) -> list[Path]:
     if root is not None:
         return [Path(root).expanduser()]
-    roots = [Path(os.environ[v]).expanduser() for v in ("MINIDL_CIFAR10",) if os.environ.get(v)]
+    env = os.environ.get("MINIDL_CIFAR10_DIR")
+    roots = [Path(env).expanduser()] if env else []
     roots.append(default_data_root())
     return list(dict.fromkeys(roots))
 
@@ -348,7 +349,7 @@ def _load_cifar10(root, train, download, layout, format, url, md5, progress):
                 "data_batch_5.bin, test_batch.bin, batches.meta.txt), or the archive "
                 "cifar-10-python.tar.gz / cifar-10-binary.tar.gz, in that directory or "
                 f"directly inside it. Fix: pass download=True to fetch it into {dest}, put "
-                "the files there, or pass root= (or set MINIDL_CIFAR10) to the folder that "
+                "the files there, or pass root= (or set MINIDL_CIFAR10_DIR) to the folder that "
                 "holds them"
             )
         fmt = "python" if format == "auto" else format
@@ -375,7 +376,7 @@ def load_cifar10(
     ``root`` may be the batches folder itself, a directory holding ``cifar-10-batches-py/``
     or ``cifar-10-batches-bin/``, or one holding ``cifar-10-python.tar.gz`` /
     ``cifar-10-binary.tar.gz`` (read without extracting). Without ``root``: the folder in
-    ``$MINIDL_CIFAR10``, then ``default_data_root()`` (``$MINIDL_DATA``, else
+    ``$MINIDL_CIFAR10_DIR``, then ``default_data_root()`` (``$MINIDL_DATA``, else
     ``$XDG_CACHE_HOME/minidl``, else ``~/.cache/minidl``). Already-extracted folders are not
     checksummed (copies other than the official release are fine); a download is.
 
@@ -574,7 +575,7 @@ def load_fashion_mnist(
     """Load Fashion-MNIST (60,000 train / 10,000 test 28x28 greyscale images).
 
     Looks in ``root`` and ``root/fashion-mnist``; without ``root``, in
-    ``$MINIDL_FASHION_MNIST``, ``default_data_root()/fashion-mnist`` and Debian's
+    ``$MINIDL_FASHION_MNIST_DIR``, ``default_data_root()/fashion-mnist`` and Debian's
     ``/usr/share/datasets/fashion-mnist`` (package ``dataset-fashion-mnist``). Files:
     ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
     ``t10k-labels-idx1-ubyte``, each raw or ``.gz``.
@@ -594,7 +595,7 @@ def load_fashion_mnist(
     >>> import shutil; shutil.rmtree(d)
     """
     images, labels, _ = _load_idx_dataset(
-        "load_fashion_mnist", "fashion-mnist", "MINIDL_FASHION_MNIST",
+        "load_fashion_mnist", "fashion-mnist", "MINIDL_FASHION_MNIST_DIR",
         "/usr/share/datasets/fashion-mnist", root, train,
     )
     return images, labels
@@ -605,7 +606,7 @@ def load_mnist(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Load MNIST digits from IDX files; same file names and return values as
     ``load_fashion_mnist``. Looks in ``root`` and ``root/mnist``; without ``root``, in
-    ``$MINIDL_MNIST``, ``default_data_root()/mnist`` and ``/usr/share/datasets/mnist``.
+    ``$MINIDL_MNIST_DIR``, ``default_data_root()/mnist`` and ``/usr/share/datasets/mnist``.
 
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -618,7 +619,7 @@ def load_mnist(
     >>> import shutil; shutil.rmtree(d)
     """
     images, labels, _ = _load_idx_dataset(
-        "load_mnist", "mnist", "MINIDL_MNIST", "/usr/share/datasets/mnist", root, train,
+        "load_mnist", "mnist", "MINIDL_MNIST_DIR", "/usr/share/datasets/mnist", root, train,
     )
     return images, labels
 
@@ -634,7 +635,7 @@ class FashionMNIST(ArrayDataset):
 
     def __init__(self, root: str | os.PathLike | None = None, train: bool = True) -> None:
         images, labels, self.path = _load_idx_dataset(
-            "FashionMNIST", "fashion-mnist", "MINIDL_FASHION_MNIST",
+            "FashionMNIST", "fashion-mnist", "MINIDL_FASHION_MNIST_DIR",
             "/usr/share/datasets/fashion-mnist", root, train,
         )
         super().__init__(images, labels)
@@ -652,7 +653,7 @@ class MNIST(ArrayDataset):
 
     def __init__(self, root: str | os.PathLike | None = None, train: bool = True) -> None:
         images, labels, self.path = _load_idx_dataset(
-            "MNIST", "mnist", "MINIDL_MNIST", "/usr/share/datasets/mnist", root, train,
+            "MNIST", "mnist", "MINIDL_MNIST_DIR", "/usr/share/datasets/mnist", root, train,
         )
         super().__init__(images, labels)
         self.images, self.labels, self.train = images, labels, train

@@ -108,7 +108,8 @@ def cifar_factory() -> type[SyntheticCifar]:
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
     """No dataset env vars, and a private cache dir, so the user's real files are unseen."""
-    for var in ("MINIDL_DATA", "MINIDL_CIFAR10", "MINIDL_MNIST", "MINIDL_FASHION_MNIST"):
+    for var in ("MINIDL_DATA", "MINIDL_CIFAR10_DIR", "MINIDL_MNIST_DIR",
+                "MINIDL_FASHION_MNIST_DIR"):
         monkeypatch.delenv(var, raising=False)
     cache = tmp_path / "xdg-cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))

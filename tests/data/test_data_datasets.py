@@ -93,9 +93,9 @@ def test_cifar10_format_choice(cifar, tmp_path):
 
 def test_cifar10_root_from_environment(cifar, tmp_path, clean_env, monkeypatch):
     folder = cifar.write_folder(tmp_path / "somewhere", "binary")
-    monkeypatch.setenv("MINIDL_CIFAR10", str(folder))
+    monkeypatch.setenv("MINIDL_CIFAR10_DIR", str(folder))
     assert load_cifar10(train=False)[0].shape[0] == 5
-    monkeypatch.delenv("MINIDL_CIFAR10")
+    monkeypatch.delenv("MINIDL_CIFAR10_DIR")
     monkeypatch.setenv("MINIDL_DATA", str(tmp_path / "somewhere"))
     assert default_data_root() == tmp_path / "somewhere"
     assert load_cifar10(train=False)[0].shape[0] == 5
