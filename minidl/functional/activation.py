@@ -13,9 +13,10 @@ import math
 from typing import Any
 
 from minidl import backend
-from minidl.autograd import Function, Tensor
+from minidl.autograd import Function, Tensor, is_grad_enabled
 from minidl.functional.math import _mask, erf, exp
 from minidl.functional.reduce import sum as _sum
+from minidl.kernels.elementwise import relu_backward
 
 
 class ReLU(Function):
@@ -23,7 +24,10 @@ class ReLU(Function):
         return backend.get_array_module(x).maximum(x, 0)
 
     def backward(self, gy: Tensor) -> Tensor:
-        return gy * _mask(self.output().data > 0, gy)
+        y = self.output().data
+        if not is_grad_enabled():  # plain backward: one fused pass
+            return Tensor._make(relu_backward(gy.data, y), False)
+        return gy * _mask(y > 0, gy)
 
 
 class LeakyReLU(Function):

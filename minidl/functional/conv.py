@@ -22,21 +22,41 @@ from typing import Any
 from minidl.autograd import Function, Tensor, is_grad_enabled
 from minidl.kernels import conv as K
 
+# Forward keeps its im2col matrix for the weight gradient when it is at most this big, so
+# backward need not rebuild it (one im2col pass saved per layer and step). The matrix is
+# KH*KW times the input, so big layers rebuild it instead of holding it for a whole step.
+KEEP_COLS_MAX_BYTES = 32 * 2**20
+
 
 class Conv2d(Function):
+    relu = False
+
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
-        return K.conv2d_forward(x, w, b, *self.args)
+        self.cols = None
+        keep = False
+        if self.needs_input_grad[1:2] == (True,):
+            g = K.conv2d_geometry(x.shape, w.shape, *self.args)
+            keep = g.n * g.oh * g.ow * g.kh * g.kw * g.c * x.itemsize <= KEEP_COLS_MAX_BYTES
+        out = K.conv2d_forward(x, w, b, *self.args, relu=self.relu, return_cols=keep)
+        if keep:
+            out, self.cols = out
+        return out
 
     def backward(self, gy: Tensor) -> tuple:
         x, w = self.inputs[:2]
         need = self.needs_input_grad
         has_bias = len(self.inputs) == 3
+        y = self.output().data if self.relu else None
         if not is_grad_enabled():  # plain backward: one fused kernel call
             gx, gw, gb = K.conv2d_backward(
-                x.data, w.data, gy.data, *self.args, need_input_grad=need[0],
-                need_weight_grad=need[1], need_bias_grad=has_bias and need[2])
+                x.data, w.data, gy.data, *self.args, cols=self.cols, relu_output=y,
+                need_input_grad=need[0], need_weight_grad=need[1],
+                need_bias_grad=has_bias and need[2])
+            self.cols = None
             grads = tuple(None if g is None else Tensor._make(g, False) for g in (gx, gw, gb))
         else:  # create_graph: differentiable pieces
+            if y is not None:
+                gy = gy * Tensor._make((y > 0).astype(gy.dtype), False)
             gx = Conv2dGradInput.apply(gy, w, x_shape=x.shape, args=self.args) if need[0] \
                 else None
             gw = Conv2dGradWeight.apply(x, gy, w_shape=w.shape, args=self.args) if need[1] \
@@ -82,6 +102,7 @@ def conv2d(
     padding: int | tuple[int, ...] | str = 0,
     dilation: int | tuple[int, int] = 1,
     groups: int = 1,
+    activation: str | None = None,
 ) -> Tensor:
     """2-D convolution (cross-correlation, as in every framework), NCHW.
 
@@ -94,6 +115,9 @@ def conv2d(
             ``"same"`` (output size = input size; stride must be 1).
         dilation: int or ``(DH, DW)``.
         groups: split channels into this many independent convolutions.
+        activation: ``None`` or ``"relu"``: apply ReLU in the same pass that adds the bias
+            (Keras' ``Conv2D(..., activation="relu")``); equal to ``relu(conv2d(...))`` but
+            one pass over the output cheaper forward and backward.
 
     Returns:
         ``(N, OC, OH, OW)``. Its memory is channels-last (NHWC order), which is what the
@@ -107,6 +131,8 @@ def conv2d(
     for name, t in (("input", x), ("weight", weight), ("bias", bias)):
         if t is not None and not isinstance(t, Tensor):
             raise TypeError(f"conv2d: {name} must be a Tensor, got {type(t).__name__}")
+    if activation not in (None, "relu"):
+        raise ValueError(f"conv2d: activation must be None or 'relu', got {activation!r}")
     args = (stride, padding, dilation, groups)
     tensors = (x, weight) if bias is None else (x, weight, bias)
-    return Conv2d.apply(*tensors, args=args)
+    return Conv2d.apply(*tensors, args=args, relu=activation == "relu")
