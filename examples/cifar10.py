@@ -1,0 +1,167 @@
+"""Train a CNN on CIFAR-10 with minidl, the way the classic Keras tutorial does.
+
+    python examples/cifar10.py --data-dir ../shared/datasets/cifar-10-batches-bin
+
+Defaults follow the tutorial: the seed network (Conv32-Pool-Conv64-Pool-Dense128-Dense10),
+Adam with lr 1e-3, batch 64, 10 epochs, the test set used for validation each epoch.
+``--model resnet9 --augment`` trains the ResNet-style net with batch norm, flip + crop
+augmentation and a one-cycle schedule. Everything a run produces goes to ``--out``:
+checkpoints (``last.npz`` each epoch), ``history.json``/``.csv``, ``result.json`` and, when
+matplotlib is installed, plots. ``--resume`` continues from ``<out>/last.npz`` and gives the
+same result as an uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import minidl
+from minidl import nn, optim
+from minidl.data import DataLoader, load_cifar10
+from minidl.data import transforms as T
+from minidl.data.datasets import CIFAR10_CLASSES
+from minidl.models import resnet9, seed_cnn
+from minidl.train import ModelCheckpoint, Trainer, atomic_write_text
+
+# Per-channel statistics of the CIFAR-10 training set (for Normalize).
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-dir", default=os.environ.get("MINIDL_CIFAR10_DIR"),
+                   help="CIFAR-10 folder or archive (python or binary version); default: "
+                        "$MINIDL_CIFAR10_DIR, then the cache dir (downloading if needed)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (peak LR for "
+                                                            "the one-cycle schedule)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--model", choices=("seed", "resnet9"), default="seed")
+    p.add_argument("--width", type=int, default=32, help="resnet9 base width")
+    p.add_argument("--augment", action="store_true", help="random crop (pad 4) + flip")
+    p.add_argument("--schedule", choices=("constant", "onecycle"), default=None,
+                   help="LR schedule (default: constant for seed, onecycle for resnet9)")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--limit", type=int, default=None, help="train on the first N images")
+    p.add_argument("--test-limit", type=int, default=None,
+                   help="evaluate on N test images, evenly spaced (every class even when the "
+                        "test file is sorted by class)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/cifar10", help="folder for checkpoints, history, "
+                                                         "plots")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.npz")
+    p.add_argument("--no-download", action="store_true", help="never download the data")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def build(args: argparse.Namespace, steps_per_epoch: int):
+    if args.model == "seed":
+        model = seed_cnn()
+    else:
+        model = resnet9(width=args.width)
+    model.to(args.device)
+    opt_cls = optim.AdamW if args.weight_decay else optim.Adam
+    optimizer = opt_cls(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    schedule = args.schedule or ("onecycle" if args.model == "resnet9" else "constant")
+    scheduler = None
+    if schedule == "onecycle":
+        scheduler = optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch)
+    return model, optimizer, scheduler
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    minidl.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    download = not args.no_download
+    x_train, y_train = load_cifar10(args.data_dir, train=True, download=download)
+    x_test, y_test = load_cifar10(args.data_dir, train=False, download=download)
+    if args.limit:
+        x_train, y_train = x_train[: args.limit], y_train[: args.limit]
+    if args.test_limit and args.test_limit < len(x_test):
+        keep = np.linspace(0, len(x_test) - 1, args.test_limit).round().astype(np.int64)
+        x_test, y_test = x_test[keep], y_test[keep]
+    print(f"CIFAR-10: {len(x_train)} train / {len(x_test)} test images, "
+          f"shape {x_train.shape[1:]}", flush=True)
+
+    to_input = [T.ToFloat(), T.Normalize(MEAN, STD)]
+    augment = [T.RandomCrop(32, padding=4, padding_mode="reflect"),
+               T.RandomHorizontalFlip()] if args.augment else []
+    train = DataLoader((x_train, y_train), batch_size=args.batch_size, shuffle=True,
+                       seed=args.seed, transform=T.Compose(augment + to_input),
+                       device=args.device, prefetch=2)
+    test = DataLoader((x_test, y_test), batch_size=1000, transform=T.Compose(to_input),
+                      device=args.device)
+
+    model, optimizer, scheduler = build(args, len(train))
+    model.summary((1, 3, 32, 32))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    trainer = Trainer(model, optimizer, loss_fn, scheduler=scheduler, scheduler_per="batch",
+                      callbacks=[ModelCheckpoint(out)], progress=not args.no_progress,
+                      log_every=20)
+    if args.resume:
+        ckpt = out / "last.npz"
+        if not ckpt.exists():
+            sys.exit(f"--resume: no checkpoint at {ckpt}")
+        trainer.load_checkpoint(ckpt)
+        planned = getattr(scheduler, "total_steps", None)
+        if planned is not None and planned != args.epochs * len(train):
+            # The one-cycle schedule is fixed when a run starts; a longer run needs a new one.
+            sys.exit(f"--resume: {ckpt} follows a one-cycle schedule of {planned} steps "
+                     f"({planned // len(train)} epochs); resume with --epochs "
+                     f"{planned // len(train)} or start a new run")
+        print(f"resumed from {ckpt} after epoch {trainer.epoch}", flush=True)
+
+    start = time.perf_counter()
+    history = trainer.fit(train, epochs=args.epochs, validation=test)
+    wall = time.perf_counter() - start
+    history.save(out)
+    for row in history.epochs:
+        print(f"epoch {row['epoch']:3d}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
+              f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  "
+              f"{row['time']:.1f}s  {row['images_per_s']:.0f} img/s")
+    final = trainer.evaluate(test, desc="test")
+    print(f"test loss {final['loss']:.4f}  test accuracy {final['accuracy']:.4f}")
+
+    result = {
+        "command": " ".join([Path(__file__).name] + (list(argv) if argv is not None
+                                                      else sys.argv[1:])),
+        "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
+        "lr": args.lr, "augment": args.augment, "seed": args.seed, "limit": args.limit,
+        "test_limit": args.test_limit, "test_images": len(x_test),
+        "test_loss": final["loss"], "test_accuracy": final["accuracy"],
+        "train_seconds_this_run": wall,
+        "train_seconds_total": float(sum(r["time"] for r in history.epochs)),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.python_version()}",
+        "device": args.device, "numpy": np.__version__,
+    }
+    atomic_write_text(out / "result.json", json.dumps(result, indent=1))
+    try:
+        from minidl import plot
+    except ImportError:
+        print("matplotlib not installed: skipping plots (pip install 'minidl[plot]')")
+    else:
+        y_pred = trainer.predict(test).argmax(axis=1)
+        plot.save_training_report(out, history, y_test, y_pred, CIFAR10_CLASSES, x_test)
+        print(f"plots written to {out}/")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Plots of a training run (needs matplotlib: ``pip install 'minidl[plot]'``).
+
+``training_curves`` draws loss and accuracy per epoch, train vs validation;
+``confusion_matrix`` counts true vs predicted classes; ``prediction_grid`` shows test images
+titled with predicted and true labels (red when wrong). Each returns the matplotlib
+``Figure`` and, given ``path``, saves it as PNG (atomically).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; works without a display
+    import matplotlib.pyplot as plt
+except ImportError as exc:  # pragma: no cover - exercised only without matplotlib
+    raise ImportError("minidl.plot needs matplotlib: pip install 'minidl[plot]'") from exc
+
+
+def _save(fig: Any, path: str | os.PathLike | None) -> None:
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def training_curves(history: Any, path: str | os.PathLike | None = None) -> Any:
+    """Loss and accuracy per epoch, train vs validation, from a ``History`` (or its list
+    of epoch dicts)."""
+    rows = getattr(history, "epochs", history)
+    if not rows:
+        raise ValueError("training_curves: the history is empty")
+    epochs = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
+        ax.plot(epochs, [r.get(key) for r in rows], "o-", label="train")
+        if any(f"val_{key}" in r for r in rows):
+            ax.plot(epochs, [r.get(f"val_{key}") for r in rows], "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def confusion_counts(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
+    """``m[i, j]`` = number of samples of true class ``i`` predicted as ``j``.
+
+    >>> confusion_counts([0, 1, 1], [0, 1, 0], 2).tolist()
+    [[1, 0], [1, 1]]
+    """
+    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"confusion_counts: {y_true.shape} labels vs {y_pred.shape} "
+                         "predictions")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
+            or num_classes < 1:
+        raise ValueError(f"confusion_counts: num_classes must be a positive int, got "
+                         f"{num_classes!r}")
+    for name, a in (("labels", y_true), ("predictions", y_pred)):
+        # np.add.at would wrap a negative class around silently
+        bad = np.flatnonzero((a < 0) | (a >= num_classes))
+        if bad.size:
+            raise ValueError(f"confusion_counts: {name} must be in 0..{num_classes - 1}, got "
+                             f"{int(a.ravel()[bad[0]])} at index {int(bad[0])}")
+    m = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(m, (y_true, y_pred), 1)
+    return m
+
+
+def confusion_matrix(y_true: Any, y_pred: Any, classes: Sequence[str],
+                     path: str | os.PathLike | None = None) -> Any:
+    """A heat map of ``confusion_counts`` with the counts written in the cells."""
+    m = confusion_counts(y_true, y_pred, len(classes))
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if m[i, j] > m.max() / 2 else "black")
+    acc = np.trace(m) / max(m.sum(), 1)
+    ax.set_title(f"confusion matrix (accuracy {acc:.3f})")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def prediction_grid(images: Any, y_true: Any, y_pred: Any, classes: Sequence[str],
+                    path: str | os.PathLike | None = None, cols: int = 8) -> Any:
+    """Images (uint8 ``(N, C, H, W)`` or ``(N, H, W, C)``) titled ``pred / true``."""
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"prediction_grid: images must be 4-D, got shape {images.shape}")
+    if images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
+        images = images.transpose(0, 2, 3, 1)
+    n = len(images)
+    if n == 0:
+        raise ValueError("prediction_grid: got no images")
+    y_true, y_pred = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
+    if len(y_true) < n or len(y_pred) < n:
+        raise ValueError(f"prediction_grid: {n} images but {len(y_true)} labels and "
+                         f"{len(y_pred)} predictions")
+    if cols < 1:
+        raise ValueError(f"prediction_grid: cols must be >= 1, got {cols}")
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.5), squeeze=False)
+    for k, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if k >= n:
+            continue
+        img = images[k]
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray")
+        ok = int(y_pred[k]) == int(y_true[k])
+        ax.set_title(f"{classes[int(y_pred[k])]}\n({classes[int(y_true[k])]})", fontsize=7,
+                     color="black" if ok else "red")
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def save_training_report(folder: str | os.PathLike, history: Any, y_true: Any, y_pred: Any,
+                         classes: Sequence[str], images: Any = None) -> None:
+    """Write ``curves.png``, ``confusion.png`` and (given images) ``predictions.png``."""
+    folder = Path(folder)
+    for fig in (training_curves(history, folder / "curves.png"),
+                confusion_matrix(y_true, y_pred, classes, folder / "confusion.png")):
+        plt.close(fig)
+    if images is not None:
+        k = min(32, len(images))
+        plt.close(prediction_grid(images[:k], y_true[:k], y_pred[:k], classes,
+                                  folder / "predictions.png"))

@@ -1,0 +1,207 @@
+"""End-to-end tests of the example scripts, run in-process through their ``main(argv)`` on tiny
+synthetic datasets written in the real on-disk formats (CIFAR-10 binary batches, gzipped
+IDX files), including ``--resume``. With ``MINIDL_CIFAR10_DIR`` set, one more test trains the
+seed network briefly on real CIFAR-10."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import os
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minidl.serialization import load
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
+PLOTS = ["confusion.png", "curves.png", "predictions.png"]
+
+
+def load_example(name: str):
+    """Import ``examples/<name>.py`` as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"_example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def class_images(labels: np.ndarray, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Noise images whose brightness depends on the class, so there is something to learn."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 100, size=(len(labels),) + shape)
+    x += (labels * 15).reshape((-1,) + (1,) * len(shape))
+    return x.astype(np.uint8)
+
+
+def write_cifar_binary(folder: Path, n_train: int = 200, n_test: int = 100) -> Path:
+    """CIFAR-10 binary layout: records of 1 label byte + 3072 pixel bytes."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def records(n: int, seed: int) -> bytes:
+        labels = rng.integers(0, 10, n)
+        rec = np.empty((n, 3073), np.uint8)
+        rec[:, 0] = labels
+        rec[:, 1:] = class_images(labels, (3, 32, 32), seed).reshape(n, -1)
+        return rec.tobytes()
+
+    per_batch = n_train // 5
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}.bin").write_bytes(records(per_batch, i))
+    (folder / "test_batch.bin").write_bytes(records(n_test, 99))
+    from minidl.data.datasets import CIFAR10_CLASSES
+    (folder / "batches.meta.txt").write_text("\n".join(CIFAR10_CLASSES) + "\n\n")
+    return folder
+
+
+def write_idx_gz(path: Path, array: np.ndarray) -> None:
+    """An IDX file (uint8 data), gzipped: 0, 0, type 0x08, ndim, big-endian dims, data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def write_fashion_mnist(folder: Path, n_train: int = 120, n_test: int = 60) -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n)
+        write_idx_gz(folder / f"{prefix}-images-idx3-ubyte.gz",
+                     class_images(labels, (28, 28), n))
+        write_idx_gz(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+def check_run_folder(out: Path, epochs: int, result: dict, n_test: int) -> None:
+    on_disk = json.loads((out / "result.json").read_text())
+    assert on_disk == result
+    assert 0.0 <= result["test_accuracy"] <= 1.0 and np.isfinite(result["test_loss"])
+    assert result["test_images"] == n_test
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history] == list(range(1, epochs + 1))
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "time"} <= set(history[0])
+    csv_lines = (out / "history.csv").read_text().splitlines()
+    assert len(csv_lines) == epochs + 1 and csv_lines[0].startswith("epoch,loss,accuracy")
+    ckpt = load(out / "last.npz")
+    assert ckpt["epoch"] == epochs and len(ckpt["history"]) == epochs
+    # the final evaluation is of the checkpointed weights
+    assert ckpt["history"][-1]["val_accuracy"] == result["test_accuracy"]
+    if HAVE_MPL:
+        for name in PLOTS:
+            assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert leftovers == [], f"temporary files left behind: {leftovers}"
+
+
+# ---------------------------------------------------------------------------------- CIFAR-10
+
+
+@pytest.fixture(scope="module")
+def cifar10():
+    return load_example("cifar10")
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory) -> Path:
+    return write_cifar_binary(tmp_path_factory.mktemp("data") / "cifar-10-batches-bin")
+
+
+def test_cifar10_example_runs_and_resumes(cifar10, cifar_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    common = ["--data-dir", str(cifar_dir), "--limit", "64", "--batch-size", "32",
+              "--no-progress", "--no-download", "--out", str(out)]
+    first = cifar10.main(common + ["--epochs", "1"])
+    text = capsys.readouterr().out
+    assert "CIFAR-10: 64 train / 100 test images" in text
+    assert "Total params: 315,722" in text and "test accuracy" in text
+    check_run_folder(out, 1, first, 100)
+    assert first["command"].startswith("cifar10.py --data-dir")
+    epoch1 = json.loads((out / "history.json").read_text())[0]
+
+    second = cifar10.main(common + ["--epochs", "2", "--resume"])
+    assert "resumed from" in capsys.readouterr().out
+    check_run_folder(out, 2, second, 100)
+    history = json.loads((out / "history.json").read_text())
+    assert history[0] == epoch1  # epoch 1 is carried over from the checkpoint, not rerun
+
+    # ... and equals an uninterrupted 2-epoch run
+    straight = cifar10.main([*common[:-1], str(tmp_path / "straight"), "--epochs", "2"])
+    assert straight["test_loss"] == second["test_loss"]
+    assert straight["test_accuracy"] == second["test_accuracy"]
+    capsys.readouterr()
+
+
+def test_cifar10_example_augment_resnet_test_limit(cifar10, cifar_dir, tmp_path) -> None:
+    out = tmp_path / "run"
+    result = cifar10.main(["--data-dir", str(cifar_dir), "--limit", "32", "--batch-size", "16",
+                           "--model", "resnet9", "--width", "4", "--augment", "--epochs", "1",
+                           "--test-limit", "40", "--no-progress", "--no-download",
+                           "--out", str(out)])
+    check_run_folder(out, 1, result, 40)
+    assert result["model"] == "resnet9" and result["augment"] is True
+    ckpt = load(out / "last.npz")
+    assert ckpt["scheduler"]["total_steps"] == 2  # one-cycle over 1 epoch of 2 batches
+    # a one-cycle run cannot be extended by resuming: say so instead of crashing mid-epoch
+    with pytest.raises(SystemExit, match="one-cycle schedule of 2 steps"):
+        cifar10.main(["--data-dir", str(cifar_dir), "--limit", "32", "--batch-size", "16",
+                      "--model", "resnet9", "--width", "4", "--epochs", "3", "--resume",
+                      "--no-progress", "--no-download", "--out", str(out)])
+
+
+def test_cifar10_example_resume_without_checkpoint(cifar10, cifar_dir, tmp_path) -> None:
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        cifar10.main(["--data-dir", str(cifar_dir), "--limit", "32", "--epochs", "1",
+                      "--resume", "--no-progress", "--no-download",
+                      "--out", str(tmp_path / "empty")])
+
+
+@pytest.mark.skipif(not os.environ.get("MINIDL_CIFAR10_DIR"),
+                    reason="MINIDL_CIFAR10_DIR is not set (point it at a real CIFAR-10 copy)")
+def test_cifar10_example_real_data_beats_chance(cifar10, tmp_path) -> None:
+    """The seed net, 1 epoch on 5,000 real images: clearly better than chance (0.10)."""
+    result = cifar10.main(["--data-dir", os.environ["MINIDL_CIFAR10_DIR"], "--limit", "5000",
+                           "--test-limit", "2000", "--epochs", "1", "--batch-size", "64",
+                           "--no-progress", "--no-download", "--out", str(tmp_path)])
+    assert result["test_images"] == 2000
+    assert result["test_accuracy"] >= 0.30, result
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST
+
+
+def test_fashion_mnist_example_runs_and_resumes(tmp_path, capsys) -> None:
+    fashion = load_example("fashion_mnist")
+    data = write_fashion_mnist(tmp_path / "fashion")
+    out = tmp_path / "run"
+    common = ["--data-dir", str(data), "--limit", "64", "--batch-size", "32", "--augment",
+              "--no-progress", "--out", str(out)]
+    first = fashion.main(common + ["--epochs", "1"])
+    text = capsys.readouterr().out
+    assert "Fashion-MNIST: 64 train / 60 test images, shape (1, 28, 28)" in text
+    assert "Total params: 225,034" in text
+    check_run_folder(out, 1, first, 60)
+    assert first["command"].startswith("fashion_mnist.py --data-dir")
+
+    second = fashion.main(common + ["--epochs", "2", "--resume"])
+    assert "resumed from" in capsys.readouterr().out
+    check_run_folder(out, 2, second, 60)
+
+    straight = fashion.main([*common[:-1], str(tmp_path / "straight"), "--epochs", "2"])
+    assert straight["test_loss"] == second["test_loss"]
+    capsys.readouterr()
+
+
+def test_fashion_mnist_example_data_dir_from_env(tmp_path, monkeypatch, capsys) -> None:
+    fashion = load_example("fashion_mnist")
+    data = write_fashion_mnist(tmp_path / "fm", n_train=40, n_test=30)
+    monkeypatch.setenv("MINIDL_FASHION_MNIST_DIR", str(data))
+    result = fashion.main(["--epochs", "1", "--batch-size", "20", "--test-limit", "10",
+                           "--no-progress", "--out", str(tmp_path / "run")])
+    assert result["train_images"] == 40 and result["test_images"] == 10
+    assert "40 train / 10 test" in capsys.readouterr().out
