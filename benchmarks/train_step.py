@@ -216,12 +216,14 @@ def child_peak_rss(framework: str, batch: int, steps: int) -> float:
 
 
 def _child(framework: str, batch: int, steps: int) -> None:
-    import resource
-
     r = MinidlRunner(batch) if framework == "minidl" else TorchRunner(batch)
     for _ in range(steps):
         r.step()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+    # VmHWM is this process's own peak RSS; getrusage's ru_maxrss is not used because Linux
+    # carries it over from the parent through fork + exec.
+    with open("/proc/self/status") as f:
+        hwm = next(line for line in f if line.startswith("VmHWM:"))
+    print(int(hwm.split()[1]) / 1024.0)
 
 
 def main() -> None:

@@ -27,15 +27,30 @@ def test_seed_cnn_matches_the_keras_tutorial() -> None:
     out = model(images(5, 3, 32))
     assert out.shape == (5, 10) and out.dtype == np.float32
     assert [type(m).__name__ for m in model] == [
-        "Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Flatten", "Linear",
-        "ReLU", "Linear"]
+        "Conv2d", "MaxPool2d", "Conv2d", "MaxPool2d", "Flatten", "Linear", "ReLU", "Linear"]
+    assert model[0].activation == model[2].activation == "relu"
+
+
+def test_seed_cnn_fused_relu_equals_separate_relu() -> None:
+    fused = seed_cnn()
+    layers = []
+    for m in fused:
+        if isinstance(m, nn.Conv2d):
+            plain = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size)
+            plain.load_state_dict(m.state_dict())
+            layers += [plain, nn.ReLU()]
+        else:
+            layers.append(m)
+    unfused = nn.Sequential(*layers)
+    x = images(4, 3, 32)
+    np.testing.assert_array_equal(fused(x).detach().numpy(), unfused(x).detach().numpy())
 
 
 @pytest.mark.parametrize(("in_channels", "size", "classes", "flat"),
                          [(1, 28, 10, 64 * 5 * 5), (3, 32, 4, 64 * 6 * 6), (1, 10, 3, 64)])
 def test_seed_cnn_other_inputs(in_channels: int, size: int, classes: int, flat: int) -> None:
     model = seed_cnn(num_classes=classes, in_channels=in_channels, image_size=size)
-    assert model[7].weight.shape == (128, flat)
+    assert model[5].weight.shape == (128, flat)
     out = model(images(3, in_channels, size))
     assert out.shape == (3, classes)
     expected = (in_channels * 9 * 32 + 32) + (32 * 9 * 64 + 64) + (flat * 128 + 128) \

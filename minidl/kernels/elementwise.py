@@ -51,3 +51,38 @@ def relu_backward(gy: Any, y: Any) -> Any:
             return out
     xp = array_module(gy)
     return xp.where(y > 0, gy, xp.zeros((), dtype=gy.dtype))
+
+
+@njit(parallel=True, cache=True)
+def _adam_flat(p, g, m, v, b1, b2, step_size, bc2_sqrt, eps):  # pragma: no cover - compiled
+    for i in prange(p.size):
+        gi = g[i]
+        mi = b1 * m[i] + (1.0 - b1) * gi
+        vi = b2 * v[i] + (1.0 - b2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] -= step_size * mi / (np.sqrt(vi) / bc2_sqrt + eps)
+
+
+def adam_update_(p: Any, g: Any, m: Any, v: Any, b1: float, b2: float, step_size: float,
+                 bc2_sqrt: float, eps: float) -> bool:
+    """One Adam step in place, in one pass: ``m``, ``v`` and ``p`` updated together.
+
+    ``step_size`` is ``lr / (1 - b1^t)`` and ``bc2_sqrt`` is ``sqrt(1 - b2^t)``. Returns
+    False (and does nothing) when the arrays are not NumPy arrays of one dtype and one
+    gap-free layout; the caller then runs the plain array formula.
+
+    >>> p, g = np.ones(3, np.float32), np.full(3, 0.5, np.float32)
+    >>> m, v = np.zeros(3, np.float32), np.zeros(3, np.float32)
+    >>> adam_update_(p, g, m, v, 0.9, 0.999, 0.1 / 0.1, np.sqrt(0.001), 1e-8), p.round(4)
+    (True, array([0.9, 0.9, 0.9], dtype=float32))
+    """
+    arrays = (p, g, m, v)
+    if not use_numba(*arrays) or any(a.dtype != p.dtype or a.strides != p.strides
+                                     for a in arrays):
+        return False
+    flats = [_storage_view(a) for a in arrays]
+    if any(f is None for f in flats):
+        return False
+    _adam_flat(*flats, b1, b2, step_size, bc2_sqrt, eps)
+    return True

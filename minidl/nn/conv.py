@@ -50,6 +50,9 @@ class Conv2d(Module):
             be a string understood by ``minidl.functional.conv2d``, such as ``"same"``).
         groups: split channels into this many independent groups.
         bias: learn a per-output-channel bias.
+        activation: ``"relu"`` fuses a ReLU into the convolution (Keras'
+            ``Conv2D(..., activation="relu")``): the same result as ``Conv2d`` then ``ReLU``,
+            one pass over the output cheaper in forward and in backward.
 
     Shapes: ``x (N, C_in, H, W)`` -> ``(N, C_out, OH, OW)``; ``weight (C_out, C_in/groups,
     KH, KW)``. Initialized like PyTorch (kaiming uniform, ``a=sqrt(5)``).
@@ -62,8 +65,12 @@ class Conv2d(Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any,
                  stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
-                 bias: bool = True, dtype: Any = np.float32) -> None:
+                 bias: bool = True, activation: str | None = None,
+                 dtype: Any = np.float32) -> None:
         super().__init__()
+        if activation not in (None, "relu"):
+            raise ValueError(f"Conv2d: activation must be None or 'relu', got {activation!r}")
+        self.activation = activation
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: in_channels ({in_channels}) and out_channels "
                              f"({out_channels}) must be divisible by groups ({groups})")
@@ -94,7 +101,7 @@ class Conv2d(Module):
                              f"{self.in_channels} (input shape {x.shape})")
         conv2d = _functional("conv2d", "Conv2d")
         return conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
-                      dilation=self.dilation, groups=self.groups)
+                      dilation=self.dilation, groups=self.groups, activation=self.activation)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -107,6 +114,8 @@ class Conv2d(Module):
             s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
+        if self.activation:
+            s += f", activation={self.activation!r}"
         return s
 
 

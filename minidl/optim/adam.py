@@ -15,6 +15,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from minidl.kernels.elementwise import adam_update_
 from minidl.optim.optimizer import Optimizer
 
 
@@ -80,6 +81,11 @@ class Adam(Optimizer):
             st["step"] += 1
             t = st["step"]
             m, v = st["exp_avg"], st["exp_avg_sq"]
+            bc1 = 1.0 - b1 ** t
+            bc2_sqrt = math.sqrt(1.0 - b2 ** t)
+            if not group["amsgrad"] and adam_update_(p.data, g, m, v, b1, b2, lr / bc1,
+                                                     bc2_sqrt, eps):
+                continue  # one fused pass on CPU; the formula below is the general path
             m *= b1
             m += (1.0 - b1) * g
             v *= b2
@@ -88,8 +94,6 @@ class Adam(Optimizer):
                 vmax = st.setdefault("max_exp_avg_sq", xp.zeros_like(p.data))
                 xp.maximum(vmax, v, out=vmax)
                 v = vmax
-            bc1 = 1.0 - b1 ** t
-            bc2_sqrt = math.sqrt(1.0 - b2 ** t)
             denom = xp.sqrt(v) / bc2_sqrt + eps
             p.data -= (lr / bc1) * (m / denom)
 
