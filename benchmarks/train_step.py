@@ -162,6 +162,9 @@ class GemmFloor:
 
 
 def _time(fn, steps: int) -> float:
+    # Let the previous runner's idle worker threads (OpenMP, OpenBLAS) stop spinning, so
+    # that no framework is timed while another one's threads still burn the cores.
+    time.sleep(0.2)
     t0 = time.perf_counter()
     for _ in range(steps):
         fn()

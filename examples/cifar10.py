@@ -29,7 +29,7 @@ from minidl.data import DataLoader, load_cifar10
 from minidl.data import transforms as T
 from minidl.data.datasets import CIFAR10_CLASSES
 from minidl.models import resnet9, seed_cnn
-from minidl.train import ModelCheckpoint, Trainer, atomic_write_text
+from minidl.train import ModelCheckpoint, PrintEpoch, Trainer, atomic_write_text
 
 # Per-channel statistics of the CIFAR-10 training set (for Normalize).
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -44,9 +44,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "$MINIDL_CIFAR10_DIR, then the cache dir (downloading if needed)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (peak LR for "
-                                                            "the one-cycle schedule)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate, the peak of the one-cycle schedule (default: 1e-3 for "
+                        "Adam, 0.1 for SGD)")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default=None,
+                   help="default: adam for the seed net (the tutorial's), sgd with Nesterov "
+                        "momentum 0.9 for resnet9")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="default: 0 for Adam, 5e-4 for SGD (AdamW is used when > 0 with Adam)")
     p.add_argument("--model", choices=("seed", "resnet9"), default="seed")
     p.add_argument("--width", type=int, default=32, help="resnet9 base width")
     p.add_argument("--augment", action="store_true", help="random crop (pad 4) + flip")
@@ -73,8 +78,12 @@ def build(args: argparse.Namespace, steps_per_epoch: int):
     else:
         model = resnet9(width=args.width)
     model.to(args.device)
-    opt_cls = optim.AdamW if args.weight_decay else optim.Adam
-    optimizer = opt_cls(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    if args.optimizer == "sgd":
+        optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
+                              weight_decay=args.weight_decay)
+    else:
+        opt_cls = optim.AdamW if args.weight_decay else optim.Adam
+        optimizer = opt_cls(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     schedule = args.schedule or ("onecycle" if args.model == "resnet9" else "constant")
     scheduler = None
     if schedule == "onecycle":
@@ -85,6 +94,12 @@ def build(args: argparse.Namespace, steps_per_epoch: int):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.optimizer is None:
+        args.optimizer = "sgd" if args.model == "resnet9" else "adam"
+    if args.lr is None:
+        args.lr = 0.1 if args.optimizer == "sgd" else 1e-3
+    if args.weight_decay is None:
+        args.weight_decay = 5e-4 if args.optimizer == "sgd" else 0.0
     minidl.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,7 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
     model.summary((1, 3, 32, 32))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     trainer = Trainer(model, optimizer, loss_fn, scheduler=scheduler, scheduler_per="batch",
-                      callbacks=[ModelCheckpoint(out)], progress=not args.no_progress,
+                      callbacks=[ModelCheckpoint(out)] + ([PrintEpoch()] if args.no_progress
+                                                          else []),
+                      progress=not args.no_progress,
                       log_every=20)
     if args.resume:
         ckpt = out / "last.npz"
@@ -143,7 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
         "command": " ".join([Path(__file__).name] + (list(argv) if argv is not None
                                                       else sys.argv[1:])),
         "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
-        "lr": args.lr, "augment": args.augment, "seed": args.seed, "limit": args.limit,
+        "lr": args.lr, "optimizer": args.optimizer, "weight_decay": args.weight_decay,
+        "label_smoothing": args.label_smoothing, "width": args.width,
+        "augment": args.augment, "seed": args.seed, "limit": args.limit,
         "test_limit": args.test_limit, "test_images": len(x_test),
         "test_loss": final["loss"], "test_accuracy": final["accuracy"],
         "train_seconds_this_run": wall,

@@ -32,7 +32,7 @@ from minidl import nn, optim
 from minidl.data import FASHION_MNIST_CLASSES, DataLoader, load_fashion_mnist
 from minidl.data import transforms as T
 from minidl.models import seed_cnn
-from minidl.train import ModelCheckpoint, Trainer, atomic_write_text
+from minidl.train import ModelCheckpoint, PrintEpoch, Trainer, atomic_write_text
 
 # Mean and standard deviation of the Fashion-MNIST training pixels (scaled to [0, 1]).
 MEAN = (0.2860,)
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = seed_cnn(num_classes=10, in_channels=1, image_size=28).to(args.device)
     model.summary((1, 1, 28, 28))
     optimizer = optim.Adam(model.parameters(), lr=args.lr)
-    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), callbacks=[ModelCheckpoint(out)],
+    callbacks = [ModelCheckpoint(out)] + ([PrintEpoch()] if args.no_progress else [])
+    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), callbacks=callbacks,
                       progress=not args.no_progress, log_every=20)
     if args.resume:
         ckpt = out / "last.npz"

@@ -37,7 +37,15 @@ class _GradMode:
 
 
 def is_grad_enabled() -> bool:
-    """Return True when ops record the graph (the default)."""
+    """Return True when ops record the graph (the default).
+
+    >>> import minidl
+    >>> with minidl.no_grad():
+    ...     minidl.is_grad_enabled()
+    False
+    >>> minidl.is_grad_enabled()
+    True
+    """
     return _GradMode.enabled
 
 
@@ -80,7 +88,16 @@ class no_grad(set_grad_enabled):
 
 
 class enable_grad(set_grad_enabled):
-    """Re-enable graph recording inside a ``no_grad`` block."""
+    """Re-enable graph recording inside a ``no_grad`` block.
+
+    >>> import minidl
+    >>> x = minidl.tensor([1.0], requires_grad=True)
+    >>> with minidl.no_grad():
+    ...     with minidl.enable_grad():
+    ...         y = x * 2
+    >>> y.requires_grad
+    True
+    """
 
     def __init__(self) -> None:
         super().__init__(True)
@@ -103,6 +120,26 @@ class Function:
 
     ``self.needs_input_grad[i]`` says whether input ``i`` wants a gradient, so backward can
     skip work. Call an op with ``MyFunction.apply(*tensors, **options)``.
+
+    Args:
+        **options: non-tensor arguments of the op (axis, stride, ...), stored as attributes.
+
+    Attributes:
+        inputs (tuple[Tensor, ...] | None): the input tensors, kept while the node is
+            recorded; None once backward has released it.
+        needs_input_grad (tuple[bool, ...]): per input, whether it requires a gradient.
+
+    >>> import minidl
+    >>> class Square(minidl.Function):
+    ...     def forward(self, x):
+    ...         self.save_for_backward(x)
+    ...         return x * x
+    ...     def backward(self, gy):
+    ...         (x,) = self.saved
+    ...         return gy * 2 * minidl.Tensor(x)
+    >>> x = minidl.tensor([3.0], requires_grad=True)
+    >>> y = Square.apply(x); y.backward(); y, x.grad
+    (tensor([9.], grad_fn=<Square>), tensor([6.]))
     """
 
     inputs: tuple[Tensor, ...] | None
@@ -122,6 +159,7 @@ class Function:
 
     @property
     def name(self) -> str:
+        """The op's name, shown in error messages and in a tensor's ``grad_fn=<...>``."""
         return type(self).__name__
 
     def _run(self, inputs: Sequence[Tensor]) -> Any:
@@ -157,9 +195,26 @@ class Function:
         return tensors[0] if single else tensors
 
     def forward(self, *arrays: Any) -> Any:  # pragma: no cover - abstract
+        """Compute the op on raw arrays (one per input tensor, in order).
+
+        Args:
+            *arrays: the inputs' NumPy/CuPy arrays.
+
+        Returns:
+            An array, or a tuple of arrays for an op with several outputs.
+        """
         raise NotImplementedError(f"{self.name}.forward is not implemented")
 
     def backward(self, *grad_outputs: Tensor) -> Any:  # pragma: no cover - abstract
+        """Map the gradients of the outputs to the gradients of the inputs.
+
+        Args:
+            *grad_outputs: one Tensor per output, shaped like that output.
+
+        Returns:
+            One gradient Tensor (shaped like that input) or None per input; a single value
+            for a one-input op. Written with differentiable ops so double backward works.
+        """
         raise NotImplementedError(f"{self.name} is not differentiable")
 
     def save_for_backward(self, *values: Any) -> None:
@@ -169,6 +224,7 @@ class Function:
 
     @property
     def saved(self) -> tuple:
+        """The values given to ``save_for_backward``; raises once they have been freed."""
         if self._saved is None:
             raise RuntimeError(
                 f"{self.name}: trying to backward through the graph a second time, but its "
@@ -199,9 +255,21 @@ def _is_float(dtype: Any) -> bool:
 class Tensor:
     """An n-dimensional array that can record the ops applied to it and backpropagate.
 
+    The operators (``+ - * / ** @``, comparisons, ``x[i]``) and the methods ``exp``,
+    ``log``, ``sum``, ``mean``, ``max``, ``reshape``, ``permute``, ``transpose``, ... are the
+    ops of ``minidl.functional``, bound to ``Tensor`` when it is imported; so are the
+    properties ``T`` (all axes reversed) and ``mT`` (the last two axes swapped).
+
     Args:
         data: a NumPy or CuPy array (use ``minidl.tensor`` to build from lists/scalars).
         requires_grad: record ops on this tensor so that ``backward`` fills ``.grad``.
+        name: optional label, for debugging.
+
+    Attributes:
+        data (numpy.ndarray | cupy.ndarray): the wrapped array, any shape.
+        grad (Tensor | None): the accumulated gradient, same shape as ``data``; None until
+            a backward pass reaches this tensor (leaves, or after ``retain_grad()``).
+        name (str | None): the optional label.
 
     >>> import minidl
     >>> x = minidl.tensor([1.0, 2.0, 3.0], requires_grad=True)
@@ -247,6 +315,12 @@ class Tensor:
     # -- basic properties ---------------------------------------------------------------
     @property
     def requires_grad(self) -> bool:
+        """Whether ops on this tensor are recorded; settable on leaves (float dtypes only).
+
+        >>> import minidl
+        >>> x = minidl.tensor([1.0]); x.requires_grad = True; (x * 2).requires_grad
+        True
+        """
         return self._requires_grad
 
     @requires_grad.setter
@@ -279,25 +353,36 @@ class Tensor:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The dimensions, a tuple of ints: ``tensor([[1, 2, 3]]).shape == (1, 3)``."""
         return tuple(self.data.shape)
 
     @property
     def ndim(self) -> int:
+        """The number of dimensions, ``len(shape)``."""
         return self.data.ndim
 
     @property
     def size(self) -> int:
+        """The number of elements, the product of ``shape`` (a property, as in NumPy)."""
         return int(self.data.size)
 
     def numel(self) -> int:
+        """The number of elements, the product of ``shape`` (a method, as in PyTorch).
+
+        >>> import minidl
+        >>> x = minidl.zeros(2, 3); x.numel(), x.size, x.ndim
+        (6, 6, 2)
+        """
         return int(self.data.size)
 
     @property
     def dtype(self) -> np.dtype:
+        """The NumPy dtype of the data (float32 by default for floats)."""
         return self.data.dtype
 
     @property
     def device(self) -> Device:
+        """The ``Device`` holding the data: ``cpu`` or ``cuda:i``."""
         return backend.device_of(self.data)
 
     @property
@@ -365,6 +450,12 @@ class Tensor:
         return backend.to_numpy(self.data).reshape(()).item()
 
     def tolist(self) -> Any:
+        """The data as (nested) Python lists of numbers, copied to the host.
+
+        >>> import minidl
+        >>> minidl.tensor([[1, 2], [3, 4]]).tolist()
+        [[1, 2], [3, 4]]
+        """
         return backend.to_numpy(self.data).tolist()
 
     def detach(self) -> Tensor:
@@ -380,9 +471,11 @@ class Tensor:
         return to_device(self, device)
 
     def cpu(self) -> Tensor:
+        """``self.to("cpu")``: this tensor on the host (self if already there)."""
         return self.to("cpu")
 
     def cuda(self, index: int = 0) -> Tensor:
+        """``self.to(f"cuda:{index}")``: this tensor on GPU ``index`` (needs CuPy)."""
         return self.to(f"cuda:{index}")
 
     def astype(self, dtype: Any) -> Tensor:
@@ -392,9 +485,16 @@ class Tensor:
         return cast(self, dtype)
 
     def float(self) -> Tensor:
+        """Cast to float32 (``astype(np.float32)``); differentiable.
+
+        >>> import minidl
+        >>> minidl.tensor([1, 2]).float()
+        tensor([1., 2.])
+        """
         return self.astype(np.float32)
 
     def double(self) -> Tensor:
+        """Cast to float64 (``astype(np.float64)``); differentiable."""
         return self.astype(np.float64)
 
     # -- autograd -------------------------------------------------------------------------
@@ -595,7 +695,21 @@ def backward(
     retain_graph: bool | None = None,
     create_graph: bool = False,
 ) -> None:
-    """Backpropagate from several tensors at once, accumulating into the leaves' ``.grad``."""
+    """Backpropagate from several tensors at once, accumulating into the leaves' ``.grad``.
+
+    Args:
+        tensors: the root tensor(s) to differentiate.
+        grad_tensors: one upstream gradient per root (shaped like it); may be omitted for
+            roots of one element.
+        retain_graph: keep saved values so backward can run again; defaults to
+            ``create_graph``.
+        create_graph: record the backward pass itself, for higher-order gradients.
+
+    >>> import minidl
+    >>> x = minidl.tensor([1.0, 2.0], requires_grad=True)
+    >>> minidl.autograd.backward([(x * x).sum(), x.sum()]); x.grad
+    tensor([3., 5.])
+    """
     tensors = [tensors] if isinstance(tensors, Tensor) else list(tensors)
     grads = [None] * len(tensors) if grad_tensors is None else (
         [grad_tensors] if isinstance(grad_tensors, Tensor) else list(grad_tensors))
@@ -691,9 +805,17 @@ def _factory(fill: Callable[..., Any]) -> Callable[..., Tensor]:
 
 
 zeros = _factory(lambda xp, shape, dtype: xp.zeros(shape, dtype=dtype))
-zeros.__doc__ = "A tensor of zeros: ``zeros(2, 3)`` or ``zeros((2, 3), dtype=..., device=...)``."
+zeros.__doc__ = """A tensor of zeros: ``zeros(2, 3)`` or ``zeros((2, 3), dtype=..., device=...)``.
+
+>>> zeros(2, 3).shape
+(2, 3)
+"""
 ones = _factory(lambda xp, shape, dtype: xp.ones(shape, dtype=dtype))
-ones.__doc__ = "A tensor of ones: ``ones(2, 3)`` or ``ones((2, 3), dtype=..., device=...)``."
+ones.__doc__ = """A tensor of ones: ``ones(2, 3)`` or ``ones((2, 3), dtype=..., device=...)``.
+
+>>> ones(2)
+tensor([1., 1.])
+"""
 
 
 def randn(*shape: Any, dtype: Any = _DEFAULT_FLOAT, device: str | Device = "cpu",
@@ -727,7 +849,13 @@ def rand(*shape: Any, dtype: Any = _DEFAULT_FLOAT, device: str | Device = "cpu",
 
 
 def iter_graph(t: Tensor) -> Iterator[Function]:
-    """Yield the recorded Functions behind ``t`` in reverse topological order (debugging)."""
+    """Yield the recorded Functions behind ``t`` in reverse topological order (debugging).
+
+    >>> import minidl
+    >>> x = minidl.tensor([1.0], requires_grad=True)
+    >>> [f.name for f in minidl.autograd.iter_graph((x * 2).exp())]
+    ['Exp', 'Mul']
+    """
     if t._ctx is not None:
         yield from _toposort([t._ctx])
 

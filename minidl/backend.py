@@ -164,7 +164,10 @@ def to_numpy(array: Any) -> np.ndarray:
 
 
 def synchronize(device: str | Device = "cpu") -> None:
-    """Wait for all queued work on ``device`` (no-op on CPU); use before timing GPU code."""
+    """Wait for all queued work on ``device`` (no-op on CPU); use before timing GPU code.
+
+    >>> synchronize("cpu")  # returns at once; on "cuda" it waits for the GPU
+    """
     device = Device(device)
     if device.type == "cuda":
         cp = _import_cupy()
@@ -173,7 +176,12 @@ def synchronize(device: str | Device = "cpu") -> None:
 
 
 def scatter_add(target: Any, index: Any, values: Any) -> None:
-    """``target[index] += values`` with repeated indices accumulated (``np.add.at``)."""
+    """``target[index] += values`` with repeated indices accumulated (``np.add.at``).
+
+    >>> import numpy as np
+    >>> t = np.zeros(3); scatter_add(t, np.array([0, 0, 2]), np.ones(3)); t.tolist()
+    [2.0, 0.0, 1.0]
+    """
     if _is_cupy_array(target):
         cupyx = importlib.import_module("cupyx")
         cupyx.scatter_add(target, index, values)

@@ -84,7 +84,9 @@ def gradcheck(
             or a tuple of Tensors.
         inputs: the inputs; those with ``requires_grad=True`` must be float64.
         eps: finite-difference step.
-        atol, rtol: a gradient entry passes if ``|num - ana| <= atol + rtol * |num|``.
+        atol: absolute tolerance: a gradient entry passes if
+            ``|num - ana| <= atol + rtol * |num|``.
+        rtol: relative tolerance, in the same test.
         mode: ``"elementwise"``, ``"directional"`` or ``"auto"`` (see the module doc).
         max_elements: in auto mode, inputs with more elements are checked directionally.
         directions: number of random directions per input in directional mode.
@@ -183,6 +185,16 @@ def gradgradcheck(
 ) -> bool:
     """Check second derivatives: gradient-check the map ``(inputs, u) -> d<u, fn>/dinputs``
     built with ``create_graph=True``.
+
+    Args:
+        fn: as for ``gradcheck``.
+        inputs: as for ``gradcheck`` (float64 where ``requires_grad=True``).
+        seed: seeds the random vectors ``u`` (one per output, shaped like it) and
+            ``gradcheck``'s own draws.
+        **kwargs: passed on to ``gradcheck`` (``eps``, ``atol``, ``rtol``, ``mode``, ...).
+
+    Returns:
+        True when every checked input passes (``GradcheckError`` otherwise, by default).
 
     >>> import minidl, numpy as np
     >>> x = minidl.tensor(np.random.rand(3), requires_grad=True)

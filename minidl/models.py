@@ -42,7 +42,15 @@ def _conv_bn(cin: int, cout: int) -> nn.Sequential:
 
 
 class Residual(nn.Module):
-    """``x + block(x)``: the identity shortcut of a ResNet."""
+    """``x + block(x)``: the identity shortcut of a ResNet.
+
+    Args:
+        block: a module whose output has the shape of its input.
+
+    >>> import minidl
+    >>> r = Residual(nn.Identity()); r(minidl.tensor([1.0, 2.0])).tolist()
+    [2.0, 4.0]
+    """
 
     def __init__(self, block: nn.Module) -> None:
         super().__init__()
@@ -53,7 +61,15 @@ class Residual(nn.Module):
 
 
 class Scale(nn.Module):
-    """Multiply by a constant (ResNet-9 scales its logits by 1/8 to temper early training)."""
+    """Multiply by a constant (ResNet-9 scales its logits by 1/8 to temper early training).
+
+    Args:
+        factor: the constant; no parameter is learned.
+
+    >>> import minidl
+    >>> Scale(0.5)(minidl.tensor([2.0, 4.0])).tolist()
+    [1.0, 2.0]
+    """
 
     def __init__(self, factor: float) -> None:
         super().__init__()
@@ -72,6 +88,11 @@ def resnet9(num_classes: int = 10, in_channels: int = 3, width: int = 64) -> nn.
 
     Shapes for 3x32x32 input and width w: (w,32,32) -> (2w,16,16) + residual ->
     (4w,8,8) -> (8w,4,4) + residual -> global max pool (8w,) -> classes.
+
+    >>> import minidl
+    >>> model = resnet9(width=4)
+    >>> sum(p.size for p in model.parameters()), model(minidl.zeros(2, 3, 32, 32)).shape
+    (26340, (2, 10))
     """
     w = width
     return nn.Sequential(

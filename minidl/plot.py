@@ -42,7 +42,22 @@ def _save(fig: Any, path: str | os.PathLike | None) -> None:
 
 def training_curves(history: Any, path: str | os.PathLike | None = None) -> Any:
     """Loss and accuracy per epoch, train vs validation, from a ``History`` (or its list
-    of epoch dicts)."""
+    of epoch dicts).
+
+    Args:
+        history: a ``minidl.train.History`` or a list of dicts with ``epoch``, ``loss``,
+            ``accuracy`` and optionally ``val_loss``, ``val_accuracy``.
+        path: where to save the PNG; None only returns the figure.
+
+    Returns:
+        The matplotlib ``Figure`` (two panels).
+
+    >>> import matplotlib.pyplot as plt
+    >>> fig = training_curves([{"epoch": 1, "loss": 2.0, "accuracy": 0.3},
+    ...                        {"epoch": 2, "loss": 1.5, "accuracy": 0.5}])
+    >>> len(fig.axes); plt.close(fig)
+    2
+    """
     rows = getattr(history, "epochs", history)
     if not rows:
         raise ValueError("training_curves: the history is empty")
@@ -88,7 +103,22 @@ def confusion_counts(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
 
 def confusion_matrix(y_true: Any, y_pred: Any, classes: Sequence[str],
                      path: str | os.PathLike | None = None) -> Any:
-    """A heat map of ``confusion_counts`` with the counts written in the cells."""
+    """A heat map of ``confusion_counts`` with the counts written in the cells.
+
+    Args:
+        y_true: ``(N,)`` true class indices.
+        y_pred: ``(N,)`` predicted class indices.
+        classes: class names; ``len(classes)`` is the number of classes.
+        path: where to save the PNG; None only returns the figure.
+
+    Returns:
+        The matplotlib ``Figure``, titled with the accuracy.
+
+    >>> import matplotlib.pyplot as plt
+    >>> fig = confusion_matrix([0, 1, 1], [0, 1, 0], ["cat", "dog"])
+    >>> fig.axes[0].get_title(); plt.close(fig)
+    'confusion matrix (accuracy 0.667)'
+    """
     m = confusion_counts(y_true, y_pred, len(classes))
     fig, ax = plt.subplots(figsize=(7, 6))
     im = ax.imshow(m, cmap="Blues")
@@ -110,7 +140,25 @@ def confusion_matrix(y_true: Any, y_pred: Any, classes: Sequence[str],
 
 def prediction_grid(images: Any, y_true: Any, y_pred: Any, classes: Sequence[str],
                     path: str | os.PathLike | None = None, cols: int = 8) -> Any:
-    """Images (uint8 ``(N, C, H, W)`` or ``(N, H, W, C)``) titled ``pred / true``."""
+    """Images (uint8 ``(N, C, H, W)`` or ``(N, H, W, C)``) titled ``pred / true``.
+
+    Args:
+        images: ``(N, C, H, W)`` or ``(N, H, W, C)`` with 1 or 3 channels.
+        y_true: ``(N,)`` true class indices.
+        y_pred: ``(N,)`` predicted class indices; titles of wrong ones are red.
+        classes: class names.
+        path: where to save the PNG; None only returns the figure.
+        cols: images per row.
+
+    Returns:
+        The matplotlib ``Figure``.
+
+    >>> import numpy as np, matplotlib.pyplot as plt
+    >>> fig = prediction_grid(np.zeros((3, 1, 8, 8), np.uint8), [0, 1, 1], [0, 1, 0],
+    ...                       ["cat", "dog"], cols=2)
+    >>> len(fig.axes); plt.close(fig)
+    4
+    """
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"prediction_grid: images must be 4-D, got shape {images.shape}")
@@ -143,7 +191,23 @@ def prediction_grid(images: Any, y_true: Any, y_pred: Any, classes: Sequence[str
 
 def save_training_report(folder: str | os.PathLike, history: Any, y_true: Any, y_pred: Any,
                          classes: Sequence[str], images: Any = None) -> None:
-    """Write ``curves.png``, ``confusion.png`` and (given images) ``predictions.png``."""
+    """Write ``curves.png``, ``confusion.png`` and (given images) ``predictions.png``.
+
+    Args:
+        folder: output folder (created if needed).
+        history: as for ``training_curves``.
+        y_true: ``(N,)`` true class indices.
+        y_pred: ``(N,)`` predicted class indices.
+        classes: class names.
+        images: optional ``(N, C, H, W)`` images; the first 32 are shown.
+
+    >>> import os, tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     save_training_report(d, [{"epoch": 1, "loss": 1.0, "accuracy": 0.5}],
+    ...                          [0, 1], [0, 0], ["cat", "dog"])
+    ...     sorted(os.listdir(d))
+    ['confusion.png', 'curves.png']
+    """
     folder = Path(folder)
     for fig in (training_curves(history, folder / "curves.png"),
                 confusion_matrix(y_true, y_pred, classes, folder / "confusion.png")):

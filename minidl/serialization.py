@@ -160,9 +160,21 @@ def _decode(node: Any, arrays: dict[str, np.ndarray], path: str) -> Any:
 def load(path: str | os.PathLike) -> Any:
     """Load what ``save`` wrote; arrays come back as NumPy arrays (on the CPU).
 
+    Args:
+        path: a file written by ``save``.
+
+    Returns:
+        The saved nest of dicts/lists/tuples, with NumPy arrays where arrays and tensors were.
+
     Raises:
         FileNotFoundError: if ``path`` does not exist.
         ValueError: if the file is not a minidl checkpoint, or is corrupted or truncated.
+
+    >>> import os, tempfile, minidl
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.npz")
+    >>> save({"x": minidl.tensor([1.0, 2.0]), "name": "run"}, path); load(path)["x"]
+    array([1., 2.], dtype=float32)
+    >>> os.remove(path)
     """
     path = os.fspath(path)
     if not os.path.exists(path):

@@ -38,7 +38,16 @@ from minidl.functional import argmax, softmax_cross_entropy
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder, then rename)."""
+    """Write ``text`` to ``path`` atomically (temp file in the same folder, then rename).
+
+    Readers see the old file or the new one, never half of it; missing folders are created.
+
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     atomic_write_text(pathlib.Path(d) / "sub" / "a.txt", "hi")
+    ...     (pathlib.Path(d) / "sub" / "a.txt").read_text()
+    'hi'
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -66,6 +75,7 @@ class History:
         self.epochs: list[dict] = [dict(e) for e in (epochs or [])]
 
     def append(self, logs: dict) -> None:
+        """Add one epoch's metrics (a copy of the dict ``logs``)."""
         self.epochs.append(dict(logs))
 
     def __getitem__(self, key: str) -> list:
@@ -75,15 +85,28 @@ class History:
         return len(self.epochs)
 
     def keys(self) -> list[str]:
+        """Every metric name seen in any epoch, in first-seen order.
+
+        >>> History([{"epoch": 1, "loss": 2.0}, {"epoch": 2, "val_loss": 1.0}]).keys()
+        ['epoch', 'loss', 'val_loss']
+        """
         seen: dict[str, None] = {}
         for e in self.epochs:
             seen.update(dict.fromkeys(e))
         return list(seen)
 
     def to_json(self) -> str:
+        """The epochs as a JSON list of objects (what ``save`` writes to history.json)."""
         return json.dumps(self.epochs, indent=1)
 
     def to_csv(self) -> str:
+        """The epochs as CSV text, one row per epoch and a column per ``keys()`` entry;
+        a metric missing in an epoch is an empty cell.
+
+        >>> print(History([{"epoch": 1, "loss": 2.0}]).to_csv(), end="")
+        epoch,loss
+        1,2.0
+        """
         buf = io.StringIO()
         # "\n" rows: the csv module's default "\r\n" shows up as ^M in Unix tools.
         w = csv.DictWriter(buf, fieldnames=self.keys(), lineterminator="\n")
@@ -102,19 +125,46 @@ class History:
 
 
 class Callback:
-    """Hooks called by ``Trainer.fit``; override what you need. ``self.trainer`` is set."""
+    """Hooks called by ``Trainer.fit``; override what you need. ``self.trainer`` is set.
+
+    Attributes:
+        trainer (Trainer): the trainer running the callback, set by ``Trainer.__init__``.
+
+    >>> import numpy as np
+    >>> from minidl import nn, optim
+    >>> x, y = np.zeros((8, 2), np.float32), np.zeros(8, np.int64)
+    >>> model = nn.Linear(2, 2)
+    >>> class ShowKeys(Callback):
+    ...     def on_epoch_end(self, epoch, logs):
+    ...         print(epoch, sorted(logs)[:2])
+    >>> t = Trainer(model, optim.SGD(model.parameters(), lr=0.1), callbacks=[ShowKeys()],
+    ...             progress=False)
+    >>> _ = t.fit((x, y), epochs=2, batch_size=4)
+    1 ['accuracy', 'epoch']
+    2 ['accuracy', 'epoch']
+    """
 
     trainer: Trainer
 
-    def on_train_begin(self) -> None: ...
+    def on_train_begin(self) -> None:
+        """Called once at the start of ``fit`` (after a resume too: the restored
+        ``trainer.history`` is already there)."""
 
-    def on_epoch_begin(self, epoch: int) -> None: ...
+    def on_epoch_begin(self, epoch: int) -> None:
+        """Called before epoch ``epoch`` (1-based) trains."""
 
-    def on_batch_end(self, step: int, logs: dict) -> None: ...
+    def on_batch_end(self, step: int, logs: dict) -> None:
+        """Called after each training batch; ``step`` is 1-based within the epoch and
+        ``logs`` is ``{"loss": loss}``, the batch's loss as a 0-d Tensor still on the device
+        (reading it with ``float()`` waits for the device)."""
 
-    def on_epoch_end(self, epoch: int, logs: dict) -> None: ...
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        """Called after epoch ``epoch`` (1-based) and its validation, with the epoch's
+        metrics (the row just appended to ``trainer.history``). Set
+        ``self.trainer.stop_training = True`` to stop after this epoch."""
 
-    def on_train_end(self) -> None: ...
+    def on_train_end(self) -> None:
+        """Called once when ``fit`` finishes (not when it raises)."""
 
 
 class ModelCheckpoint(Callback):
@@ -126,6 +176,19 @@ class ModelCheckpoint(Callback):
         every: epochs between checkpoints.
         monitor: a metric name such as ``"val_accuracy"`` (None: no best checkpoint).
         mode: ``"max"`` or ``"min"`` for the monitored metric.
+
+    >>> import numpy as np
+    >>> from minidl import nn, optim
+    >>> x, y = np.zeros((8, 2), np.float32), np.zeros(8, np.int64)
+    >>> model = nn.Linear(2, 2)
+    >>> import os, tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     cb = ModelCheckpoint(d, monitor="loss", mode="min")
+    ...     t = Trainer(model, optim.SGD(model.parameters(), lr=0.1), callbacks=[cb],
+    ...                 progress=False)
+    ...     _ = t.fit((x, y), epochs=1, batch_size=4)
+    ...     sorted(os.listdir(d))
+    ['best.npz', 'last.npz']
     """
 
     def __init__(self, folder: str | os.PathLike, every: int = 1, monitor: str | None = None,
@@ -138,6 +201,7 @@ class ModelCheckpoint(Callback):
         self.best: float | None = None
 
     def on_train_begin(self) -> None:
+        """Create the folder; take the best monitored value from a resumed history."""
         self.folder.mkdir(parents=True, exist_ok=True)
         # After a resume, the best value so far is in the restored history: without it the
         # first resumed epoch would overwrite best.npz even when it is worse.
@@ -148,6 +212,7 @@ class ModelCheckpoint(Callback):
             self.best = max(values) if self.mode == "max" else min(values)
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        """Write ``last.npz`` every ``every`` epochs and ``best.npz`` on improvement."""
         if epoch % self.every == 0:
             self.trainer.save_checkpoint(self.folder / "last.npz")
         if self.monitor is not None and logs.get(self.monitor) is not None:
@@ -160,7 +225,24 @@ class ModelCheckpoint(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs."""
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+
+    Args:
+        monitor: the metric to watch, a key of the epoch logs (``"val_loss"``, ``"loss"``...).
+        patience: epochs without improvement before stopping.
+        mode: ``"min"`` (lower is better) or ``"max"``.
+        min_delta: the smallest change that counts as an improvement.
+
+    >>> import numpy as np
+    >>> from minidl import nn, optim
+    >>> x, y = np.zeros((8, 2), np.float32), np.zeros(8, np.int64)
+    >>> model = nn.Linear(2, 2)
+    >>> stop = EarlyStopping(monitor="loss", patience=1)  # lr 0: the loss never improves
+    >>> t = Trainer(model, optim.SGD(model.parameters(), lr=0.0), callbacks=[stop],
+    ...             progress=False)
+    >>> len(t.fit((x, y), epochs=10, batch_size=4))
+    2
+    """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, mode: str = "min",
                  min_delta: float = 0.0) -> None:
@@ -180,6 +262,7 @@ class EarlyStopping(Callback):
             self.wait += 1
 
     def on_train_begin(self) -> None:
+        """Reset, then replay the (possibly restored) history of the monitored metric."""
         # Replay the (possibly restored) history so that a resumed run stops exactly where
         # the uninterrupted one would.
         self.best, self.wait = None, 0
@@ -188,6 +271,7 @@ class EarlyStopping(Callback):
                 self._update(float(value))
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        """Update the best value and set ``trainer.stop_training`` once patience runs out."""
         if self.monitor not in logs:
             raise KeyError(f"EarlyStopping: metric {self.monitor!r} not in the epoch logs "
                            f"({sorted(logs)}); pass validation data or monitor another one")
@@ -196,8 +280,54 @@ class EarlyStopping(Callback):
             self.trainer.stop_training = True
 
 
+class PrintEpoch(Callback):
+    """Print one line per epoch (Keras' ``verbose=2``): for logs, files and CI, where a
+    progress bar is noise.
+
+    >>> PrintEpoch().format({"epoch": 3, "loss": 0.5, "accuracy": 0.8, "time": 12.0})
+    'epoch 3  loss 0.5000  accuracy 0.8000  time 12.0s'
+    """
+
+    def format(self, logs: dict) -> str:
+        """The line printed for one epoch's ``logs`` (non-numeric entries are skipped)."""
+        parts = [f"epoch {logs['epoch']}"]
+        for k, v in logs.items():
+            if k == "epoch" or not isinstance(v, (int, float)):
+                continue
+            if k == "time":
+                parts.append(f"time {v:.1f}s")
+            elif k == "images_per_s":
+                parts.append(f"{v:.0f} img/s")
+            elif k == "lr":
+                parts.append(f"lr {v:.3g}")
+            else:
+                parts.append(f"{k} {v:.4f}")
+        return "  ".join(parts)
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        print(self.format(logs), flush=True)
+
+
 class LRSchedulerStep(Callback):
-    """Step an LR scheduler once per epoch (default) or once per batch."""
+    """Step an LR scheduler once per epoch (default) or once per batch.
+
+    ``Trainer(scheduler=..., scheduler_per=...)`` adds one of these for you.
+
+    Args:
+        scheduler: a ``minidl.optim.lr_scheduler`` schedule (anything with ``step()``).
+        per: ``"epoch"`` or ``"batch"``.
+
+    >>> import numpy as np
+    >>> from minidl import nn, optim
+    >>> x, y = np.zeros((8, 2), np.float32), np.zeros(8, np.int64)
+    >>> model = nn.Linear(2, 2)
+    >>> opt = optim.SGD(model.parameters(), lr=1.0)
+    >>> sched = optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    >>> t = Trainer(model, opt, callbacks=[LRSchedulerStep(sched, per="batch")],
+    ...             progress=False)
+    >>> _ = t.fit((x, y), epochs=1, batch_size=4); opt.param_groups[0]["lr"]  # 2 batches
+    0.25
+    """
 
     def __init__(self, scheduler: Any, per: str = "epoch") -> None:
         if per not in ("epoch", "batch"):
@@ -205,10 +335,12 @@ class LRSchedulerStep(Callback):
         self.scheduler, self.per = scheduler, per
 
     def on_batch_end(self, step: int, logs: dict) -> None:
+        """Step the scheduler when ``per == "batch"``."""
         if self.per == "batch":
             self.scheduler.step()
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        """Step the scheduler when ``per == "epoch"``."""
         if self.per == "epoch":
             self.scheduler.step()
 
@@ -567,6 +699,11 @@ def predict(model: Any, loader: Any, batch_size: int = 256) -> np.ndarray:
 
     Returns:
         ``(N, classes)`` logits.
+
+    >>> import numpy as np
+    >>> from minidl import nn
+    >>> predict(nn.Linear(2, 3), np.zeros((5, 2), np.float32), batch_size=2).shape
+    (5, 3)
     """
     if hasattr(loader, "shape") and hasattr(loader, "dtype"):
         loader = _array_loader((loader,), model, batch_size, False, 0)

@@ -195,7 +195,8 @@ class DataLoader:
         as_tensor: yield ``minidl.autograd.Tensor`` objects (True) or raw arrays (False).
 
     Yields:
-        Tuples like ``(x, y)``: x of shape ``(B, C, H, W)``, y of shape ``(B,)``.
+        batch (tuple): One batch per step, like ``(x, y)``: x of shape ``(B, C, H, W)``, y of shape
+            ``(B,)`` (Tensors, or arrays with ``as_tensor=False``).
 
     >>> images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
     >>> loader = DataLoader((images, np.arange(10)), batch_size=4, seed=0, as_tensor=False)

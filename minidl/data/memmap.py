@@ -349,8 +349,10 @@ def convert_cifar10(
 
     Args:
         out_dir: folder to create.
-        root, train, **load_kwargs: as for ``load_cifar10`` (``download``, ``format``, ...).
+        root: where the CIFAR-10 files are, as for ``load_cifar10``.
+        train: the training split (True) or the test split.
         overwrite: replace an existing ``out_dir``.
+        **load_kwargs: passed on to ``load_cifar10`` (``download``, ``format``, ...).
 
     Returns:
         ``out_dir`` as a ``Path``.

@@ -106,8 +106,16 @@ def _bind_tensor_methods(Tensor: type) -> None:
         setattr(Tensor, name, fn)
     for name in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"):
         setattr(Tensor, name, _compare(name))
-    Tensor.T = property(lambda s: permute(s, *reversed(range(s.ndim))))
-    Tensor.mT = property(lambda s: transpose(s, -2, -1))
+    Tensor.T = property(
+        lambda s: permute(s, *reversed(range(s.ndim))),
+        doc="All axes reversed: shape (a, b, c) -> (c, b, a); ``x.T`` of a matrix is its "
+            "transpose. Differentiable.",
+    )
+    Tensor.mT = property(
+        lambda s: transpose(s, -2, -1),
+        doc="The last two axes swapped (a batch of matrices transposed): shape "
+            "(..., m, n) -> (..., n, m). Differentiable.",
+    )
 
 
 def _bind() -> None:

@@ -20,6 +20,8 @@ from minidl.kernels.elementwise import relu_backward
 
 
 class ReLU(Function):
+    """``y = max(x, 0)``, any shape; backward ``gx = gy * [y > 0]`` (from the output)."""
+
     def forward(self, x: Any) -> Any:
         return backend.get_array_module(x).maximum(x, 0)
 
@@ -31,6 +33,11 @@ class ReLU(Function):
 
 
 class LeakyReLU(Function):
+    """``y = x if x > 0 else slope * x``, any shape.
+
+    Backward: ``gx = gy * (1 if x > 0 else slope)``.
+    """
+
     def forward(self, x: Any) -> Any:
         xp = backend.get_array_module(x)
         return xp.where(x > 0, x, x * x.dtype.type(self.slope))
@@ -42,6 +49,8 @@ class LeakyReLU(Function):
 
 
 class Sigmoid(Function):
+    """``y = 1 / (1 + exp(-x))``, any shape; backward ``gx = gy * y * (1 - y)``."""
+
     def forward(self, x: Any) -> Any:
         xp = backend.get_array_module(x)
         # tanh form: never overflows, unlike 1 / (1 + exp(-x)) for large negative x
@@ -53,6 +62,8 @@ class Sigmoid(Function):
 
 
 class Tanh(Function):
+    """``y = tanh(x)``, any shape; backward ``gx = gy * (1 - y**2)``."""
+
     def forward(self, x: Any) -> Any:
         return backend.get_array_module(x).tanh(x)
 
@@ -62,6 +73,11 @@ class Tanh(Function):
 
 
 class Softmax(Function):
+    """``y = exp(x) / sum(exp(x), axis)``, same shape as x.
+
+    Backward: ``gx = y * gy - y * sum(y * gy, axis)``.
+    """
+
     def forward(self, x: Any) -> Any:
         xp = backend.get_array_module(x)
         e = xp.exp(x - x.max(axis=self.axis, keepdims=True))
@@ -74,6 +90,11 @@ class Softmax(Function):
 
 
 class LogSoftmax(Function):
+    """``y = x - logsumexp(x, axis)``, same shape as x.
+
+    Backward: ``gx = gy - exp(y) * sum(gy, axis)``.
+    """
+
     def forward(self, x: Any) -> Any:
         xp = backend.get_array_module(x)
         z = x - x.max(axis=self.axis, keepdims=True)
@@ -113,13 +134,23 @@ def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
 
 
 def sigmoid(x: Tensor) -> Tensor:
-    """The logistic function ``1 / (1 + e^-x)``, computed without overflow."""
+    """The logistic function ``1 / (1 + e^-x)``, computed without overflow.
+
+    >>> import minidl
+    >>> minidl.functional.sigmoid(minidl.tensor([0.0])).tolist()
+    [0.5]
+    """
     _check_float(x, "sigmoid")
     return Sigmoid.apply(x)
 
 
 def tanh(x: Tensor) -> Tensor:
-    """Hyperbolic tangent."""
+    """Hyperbolic tangent.
+
+    >>> import minidl
+    >>> minidl.functional.tanh(minidl.tensor([0.0])).tolist()
+    [0.0]
+    """
     _check_float(x, "tanh")
     return Tanh.apply(x)
 
@@ -153,5 +184,10 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
-    """``log(softmax(x))`` computed stably as ``x - logsumexp(x)``."""
+    """``log(softmax(x))`` computed stably as ``x - logsumexp(x)``.
+
+    >>> import minidl
+    >>> minidl.functional.log_softmax(minidl.tensor([0.0, 0.0])).exp().tolist()
+    [0.5, 0.5]
+    """
     return LogSoftmax.apply(x, axis=_softmax_axis(x, axis, "log_softmax"))

@@ -29,6 +29,14 @@ KEEP_COLS_MAX_BYTES = 32 * 2**20
 
 
 class Conv2d(Function):
+    """``y = conv2d(x, w) + b`` (then ReLU if ``relu``): x (N, C, H, W), w (OC, C/groups,
+    KH, KW), b (OC,), y (N, OC, OH, OW); options ``args = (stride, padding, dilation, groups)``.
+
+    Backward: ``gx = conv_transpose(gy, w)`` (N, C, H, W), ``gw = rows(gy)^T @ im2col(x)``
+    (OC, C/groups, KH, KW), ``gb = gy.sum((0, 2, 3))`` (OC,); with ``relu``, gy is first
+    masked by ``y > 0``.
+    """
+
     relu = False
 
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
@@ -55,6 +63,7 @@ class Conv2d(Function):
             self.cols = None
             grads = tuple(None if g is None else Tensor._make(g, False) for g in (gx, gw, gb))
         else:  # create_graph: differentiable pieces
+            self.cols = None
             if y is not None:
                 gy = gy * Tensor._make((y > 0).astype(gy.dtype), False)
             gx = Conv2dGradInput.apply(gy, w, x_shape=x.shape, args=self.args) if need[0] \
@@ -67,7 +76,11 @@ class Conv2d(Function):
 
 
 class Conv2dGradInput(Function):
-    """``gx = conv_transpose(gy, w)`` as a differentiable op (inputs gy, w)."""
+    """``gx = conv_transpose(gy, w)`` as a differentiable op (inputs gy, w).
+
+    Shapes: gy (N, OC, OH, OW), w (OC, C/groups, KH, KW), gx of ``x_shape`` (N, C, H, W).
+    Backward: ``d_gy = conv2d(ggx, w)``, ``d_w = Conv2dGradWeight(ggx, gy)``.
+    """
 
     def forward(self, gy: Any, w: Any) -> Any:
         return K.conv2d_grad_input(gy, w, self.x_shape, *self.args)
@@ -81,7 +94,11 @@ class Conv2dGradInput(Function):
 
 
 class Conv2dGradWeight(Function):
-    """``gw = rows(gy)^T @ im2col(x)`` as a differentiable op (inputs x, gy)."""
+    """``gw = rows(gy)^T @ im2col(x)`` as a differentiable op (inputs x, gy).
+
+    Shapes: x (N, C, H, W), gy (N, OC, OH, OW), gw of ``w_shape`` (OC, C/groups, KH, KW).
+    Backward: ``d_x = Conv2dGradInput(gy, ggw)``, ``d_gy = conv2d(x, ggw)``.
+    """
 
     def forward(self, x: Any, gy: Any) -> Any:
         return K.conv2d_grad_weight(x, gy, self.w_shape, *self.args)

@@ -17,6 +17,11 @@ from minidl.functional.math import _operands, sum_to
 
 
 class MatMul(Function):
+    """``y = a @ b``: a (..., n, k), b (..., k, m), y (..., n, m), batch dims broadcast.
+
+    Backward: ``ga = sum_to(gy @ b.mT, a.shape)``, ``gb = sum_to(a.mT @ gy, b.shape)``.
+    """
+
     def forward(self, a: Any, b: Any) -> Any:
         return a @ b
 
@@ -55,6 +60,12 @@ def matmul(a: Any, b: Any) -> Tensor:
 
 
 class Linear(Function):
+    """``y = x @ w.T (+ b)``: x (..., in), w (out, in), b (out,), y (..., out).
+
+    Backward: ``gx = gy @ w``; ``gw = gy2.T @ x2`` (out, in) and ``gb = gy2.sum(0)`` (out,),
+    with gy2, x2 the inputs flattened to 2-D rows.
+    """
+
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
         y = x @ w.T
         if b is not None:

@@ -22,7 +22,14 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 
 class SoftmaxCrossEntropy(Function):
-    """Inputs: logits ``(N, C)`` and, for probability targets, ``q (N, C)``."""
+    """Per-sample ``loss_i = -sum_j q_ij log softmax(x)_ij``, loss ``(N,)``.
+
+    Inputs: logits ``x (N, C)`` and, for probability targets, ``q (N, C)``; integer
+    ``labels (N,)`` (an option) stand for ``q = (1 - s) one_hot + s / C``, s the smoothing.
+
+    Backward: ``gx = (softmax(x) * sum_j q_ij - q) * gy[:, None]`` (N, C) and
+    ``gq = -log_softmax(x) * gy[:, None]`` (N, C).
+    """
 
     def forward(self, x: Any, q: Any = None) -> Any:
         xp = backend.get_array_module(x)

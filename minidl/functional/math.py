@@ -98,6 +98,8 @@ def _mask(cond: Any, like: Tensor) -> Tensor:
 
 
 class BroadcastTo(Function):
+    """``y = broadcast_to(x, shape)``, y of ``shape``; backward ``gx = sum_to(gy, x.shape)``."""
+
     def forward(self, x: Any) -> Any:
         self.in_shape = x.shape
         return backend.get_array_module(x).broadcast_to(x, self.shape)
@@ -107,6 +109,8 @@ class BroadcastTo(Function):
 
 
 class SumTo(Function):
+    """``y = sum_to(x, shape)``, y of ``shape``; backward ``gx = broadcast_to(gy, x.shape)``."""
+
     def forward(self, x: Any) -> Any:
         self.in_shape = x.shape
         lead = x.ndim - len(self.shape)
@@ -155,6 +159,11 @@ def sum_to(x: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 class Add(Function):
+    """``y = a + b`` (broadcast, y of the broadcast shape).
+
+    Backward: ``ga = sum_to(gy, a.shape)``, ``gb = sum_to(gy, b.shape)``.
+    """
+
     def forward(self, a: Any, b: Any) -> Any:
         return a + b
 
@@ -164,6 +173,11 @@ class Add(Function):
 
 
 class Sub(Function):
+    """``y = a - b`` (broadcast).
+
+    Backward: ``ga = sum_to(gy, a.shape)``, ``gb = sum_to(-gy, b.shape)``.
+    """
+
     def forward(self, a: Any, b: Any) -> Any:
         return a - b
 
@@ -173,6 +187,11 @@ class Sub(Function):
 
 
 class Mul(Function):
+    """``y = a * b`` (broadcast).
+
+    Backward: ``ga = sum_to(gy * b, a.shape)``, ``gb = sum_to(gy * a, b.shape)``.
+    """
+
     def forward(self, a: Any, b: Any) -> Any:
         return a * b
 
@@ -184,6 +203,11 @@ class Mul(Function):
 
 
 class Div(Function):
+    """``y = a / b`` (broadcast).
+
+    Backward: ``ga = sum_to(gy / b, a.shape)``, ``gb = sum_to(-gy * a / b**2, b.shape)``.
+    """
+
     def forward(self, a: Any, b: Any) -> Any:
         return a / b
 
@@ -195,6 +219,8 @@ class Div(Function):
 
 
 class Neg(Function):
+    """``y = -x``, any shape; backward ``gx = -gy``."""
+
     def forward(self, x: Any) -> Any:
         return -x
 
@@ -203,6 +229,12 @@ class Neg(Function):
 
 
 class Pow(Function):
+    """``y = a ** b`` (broadcast).
+
+    Backward: ``ga = sum_to(gy * b * a**(b - 1), a.shape)``,
+    ``gb = sum_to(gy * y * log(a), b.shape)``.
+    """
+
     def forward(self, a: Any, b: Any) -> Any:
         return a ** b
 
@@ -225,19 +257,34 @@ def add(a: Any, b: Any) -> Tensor:
 
 
 def sub(a: Any, b: Any) -> Tensor:
-    """Elementwise ``a - b`` with broadcasting."""
+    """Elementwise ``a - b`` with broadcasting.
+
+    >>> import minidl
+    >>> minidl.functional.sub(minidl.tensor([[1.0, 2.0]]), minidl.tensor([1.0])).tolist()
+    [[0.0, 1.0]]
+    """
     a, b = _operands(a, b, "sub")
     return _apply_binary(Sub, a, b, "sub")
 
 
 def mul(a: Any, b: Any) -> Tensor:
-    """Elementwise ``a * b`` with broadcasting."""
+    """Elementwise ``a * b`` with broadcasting.
+
+    >>> import minidl
+    >>> minidl.functional.mul(minidl.tensor([1.0, 2.0]), 3).tolist()
+    [3.0, 6.0]
+    """
     a, b = _operands(a, b, "mul")
     return _apply_binary(Mul, a, b, "mul")
 
 
 def div(a: Any, b: Any) -> Tensor:
-    """Elementwise true division ``a / b`` with broadcasting (ints give the default float)."""
+    """Elementwise true division ``a / b`` with broadcasting (ints give the default float).
+
+    >>> import minidl
+    >>> minidl.functional.div(minidl.tensor([1, 3]), 2)
+    tensor([0.5, 1.5])
+    """
     a, b = _operands(a, b, "div")
     if not _is_float(a.dtype):
         a, b = cast(a, _DEFAULT_FLOAT), cast(b, _DEFAULT_FLOAT)
@@ -245,7 +292,12 @@ def div(a: Any, b: Any) -> Tensor:
 
 
 def neg(x: Tensor) -> Tensor:
-    """Elementwise ``-x``."""
+    """Elementwise ``-x``.
+
+    >>> import minidl
+    >>> minidl.functional.neg(minidl.tensor([1.0, -2.0])).tolist()
+    [-1.0, 2.0]
+    """
     return Neg.apply(x)
 
 
@@ -265,6 +317,8 @@ def pow(a: Any, b: Any) -> Tensor:  # noqa: A001 - mirrors torch.pow
 
 
 class Exp(Function):
+    """``y = exp(x)``, any shape; backward ``gx = gy * y``."""
+
     def forward(self, x: Any) -> Any:
         return backend.get_array_module(x).exp(x)
 
@@ -273,6 +327,8 @@ class Exp(Function):
 
 
 class Log(Function):
+    """``y = log(x)``, any shape; backward ``gx = gy / x``."""
+
     def forward(self, x: Any) -> Any:
         return backend.get_array_module(x).log(x)
 
@@ -281,6 +337,8 @@ class Log(Function):
 
 
 class Sqrt(Function):
+    """``y = sqrt(x)``, any shape; backward ``gx = gy / (2 * y)``."""
+
     def forward(self, x: Any) -> Any:
         return backend.get_array_module(x).sqrt(x)
 
@@ -289,6 +347,8 @@ class Sqrt(Function):
 
 
 class Abs(Function):
+    """``y = |x|``, any shape; backward ``gx = gy * sign(x)`` (0 at x = 0)."""
+
     def forward(self, x: Any) -> Any:
         return backend.get_array_module(x).abs(x)
 
@@ -298,6 +358,8 @@ class Abs(Function):
 
 
 class Erf(Function):
+    """``y = erf(x)``, any shape; backward ``gx = gy * 2 / sqrt(pi) * exp(-x**2)``."""
+
     def forward(self, x: Any) -> Any:
         return backend.erf(x)
 
@@ -325,22 +387,43 @@ def exp(x: Tensor) -> Tensor:
 
 
 def log(x: Tensor) -> Tensor:
-    """Elementwise natural logarithm."""
+    """Elementwise natural logarithm.
+
+    >>> import minidl
+    >>> minidl.functional.log(minidl.tensor([1.0])).tolist()
+    [0.0]
+    """
     return _float_unary(Log, "log", x)
 
 
 def sqrt(x: Tensor) -> Tensor:
-    """Elementwise square root."""
+    """Elementwise square root.
+
+    >>> import minidl
+    >>> minidl.functional.sqrt(minidl.tensor([4.0, 9.0])).tolist()
+    [2.0, 3.0]
+    """
     return _float_unary(Sqrt, "sqrt", x)
 
 
 def abs(x: Tensor) -> Tensor:  # noqa: A001 - mirrors torch.abs
-    """Elementwise absolute value; its gradient at 0 is 0 (``sign(0)``)."""
+    """Elementwise absolute value; its gradient at 0 is 0 (``sign(0)``).
+
+    >>> import minidl
+    >>> x = minidl.tensor([-2.0, 0.0, 3.0], requires_grad=True)
+    >>> minidl.functional.abs(x).sum().backward(); x.grad
+    tensor([-1.,  0.,  1.])
+    """
     return Abs.apply(x)
 
 
 def erf(x: Tensor) -> Tensor:
-    """The error function, elementwise (used by the exact GELU)."""
+    """The error function, elementwise (used by the exact GELU).
+
+    >>> import minidl
+    >>> minidl.functional.erf(minidl.tensor([0.0])).tolist()
+    [0.0]
+    """
     return _float_unary(Erf, "erf", x)
 
 
@@ -349,6 +432,12 @@ def erf(x: Tensor) -> Tensor:
 
 
 class Where(Function):
+    """``y = where(cond, a, b)`` (broadcast; ``cond`` a constant bool array option).
+
+    Backward: ``ga = sum_to(where(cond, gy, 0), a.shape)``,
+    ``gb = sum_to(where(cond, 0, gy), b.shape)``.
+    """
+
     def forward(self, a: Any, b: Any) -> Any:
         return backend.get_array_module(a).where(self.cond, a, b)
 
@@ -376,6 +465,12 @@ def where(cond: Any, a: Any, b: Any) -> Tensor:
 
 
 class Maximum(Function):
+    """``y = maximum(a, b)`` (``largest=True``) or ``minimum(a, b)`` (broadcast).
+
+    Backward: with ``w = [a wins] + 0.5 * [a == b]``, ``ga = sum_to(gy * w, a.shape)``,
+    ``gb = sum_to(gy * (1 - w), b.shape)``: ties split the gradient evenly.
+    """
+
     def forward(self, a: Any, b: Any) -> Any:
         xp = backend.get_array_module(a)
         # Ties split the gradient evenly between the two inputs, as PyTorch does.
@@ -403,12 +498,19 @@ def maximum(a: Any, b: Any) -> Tensor:
 
 
 def minimum(a: Any, b: Any) -> Tensor:
-    """Elementwise minimum; at ties each input receives half the gradient."""
+    """Elementwise minimum; at ties each input receives half the gradient.
+
+    >>> import minidl
+    >>> minidl.functional.minimum(minidl.tensor([1.0, 5.0]), 3.0).tolist()
+    [1.0, 3.0]
+    """
     a, b = _operands(a, b, "minimum")
     return _apply_binary(Maximum, a, b, "minimum", largest=False)
 
 
 class Clip(Function):
+    """``y = clip(x, lo, hi)``, any shape; backward ``gx = gy * [lo <= x <= hi]``."""
+
     def forward(self, x: Any) -> Any:
         lo, hi = self.lo, self.hi
         if _is_float(x.dtype):  # a float64 NumPy bound would otherwise upcast float32 x
@@ -445,6 +547,8 @@ def clip(x: Tensor, min: float | None = None, max: float | None = None) -> Tenso
 
 
 class Cast(Function):
+    """``y = x.astype(dtype)``, same shape; backward ``gx = gy.astype(x.dtype)``."""
+
     def forward(self, x: Any) -> Any:
         self.in_dtype = x.dtype
         return x.astype(self.dtype)
@@ -468,6 +572,11 @@ def cast(x: Tensor, dtype: Any) -> Tensor:
 
 
 class ToDevice(Function):
+    """``y`` = x copied to ``device``, same shape.
+
+    Backward: ``gx`` = gy copied back to x's device.
+    """
+
     def forward(self, x: Any) -> Any:
         self.src = backend.device_of(x)
         return backend.to_device(x, self.device)
@@ -477,5 +586,10 @@ class ToDevice(Function):
 
 
 def to_device(x: Tensor, device: Any) -> Tensor:
-    """Copy ``x`` to ``device``; gradients flow back to the source device."""
+    """Copy ``x`` to ``device``; gradients flow back to the source device.
+
+    >>> import minidl
+    >>> minidl.functional.to_device(minidl.tensor([1.0]), "cpu").device
+    Device('cpu')
+    """
     return ToDevice.apply(x, device=backend.Device(device))

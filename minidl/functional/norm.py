@@ -36,7 +36,13 @@ def _const(array: Any) -> Tensor:
 
 
 class BatchNorm(Function):
-    """Inputs: ``x`` and, when affine, ``weight (C,)`` and ``bias (C,)``.
+    """``y = xhat * weight + bias``, ``xhat = (x - mean) * inv_std`` per channel; y like x.
+
+    Inputs: ``x`` (N, C, ...) and, when affine, ``weight (C,)`` and ``bias (C,)``.
+    Backward (module docstring): ``gx = inv_std / M * (M * gxhat - sum(gxhat) - xhat *
+    sum(gxhat * xhat))`` with ``gxhat = gy * weight`` (``gx = gxhat * inv_std`` with running
+    statistics), ``gw = sum(gy * xhat)`` (C,), ``gb = sum(gy)`` (C,), sums over all axes
+    but 1.
 
     Options: ``axes`` (the reduced axes), ``pshape`` (``(1, C, 1, ...)``, the broadcast shape
     of per-channel values), ``use_batch_stats``, ``running_mean``/``running_var`` (raw arrays
@@ -133,8 +139,11 @@ def batch_norm(
 
     Args:
         x: ``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)``.
-        running_mean, running_var: ``(C,)`` tensors (buffers), or None.
-        weight, bias: optional ``(C,)`` affine parameters (give both or neither).
+        running_mean: ``(C,)`` tensor (a buffer) of running means, or None.
+        running_var: ``(C,)`` tensor (a buffer) of running variances, or None (give both
+            running statistics or neither).
+        weight: optional ``(C,)`` affine scale (give both weight and bias or neither).
+        bias: optional ``(C,)`` affine shift.
         training: use batch statistics and update the running ones.
         momentum: weight of the new batch statistic in the running average.
         eps: added to the variance for stability.
@@ -208,8 +217,12 @@ def layer_norm(
     Args:
         x: ``(..., *normalized_shape)``.
         normalized_shape: the trailing shape to normalize over.
-        weight, bias: optional tensors of shape ``normalized_shape``.
+        weight: optional scale, a tensor of shape ``normalized_shape``.
+        bias: optional shift, a tensor of shape ``normalized_shape``.
         eps: added to the variance.
+
+    Returns:
+        A tensor of the shape and dtype of ``x``.
 
     >>> import minidl
     >>> from minidl.functional.norm import layer_norm

@@ -21,6 +21,12 @@ from minidl.kernels import pool as K
 
 
 class MaxPool2d(Function):
+    """``y[n, c, i, j] = max`` of window (i, j) of x: x (N, C, H, W), y (N, C, OH, OW); keeps
+    the flat arg-max ``indices`` (N, C, OH, OW).
+
+    Backward: ``gx = MaxPool2dGrad(gy)``: each ``gy[n, c, i, j]`` added at its arg-max.
+    """
+
     def forward(self, x: Any) -> Any:
         y, self.indices = K.max_pool2d_forward(x, *self.args)
         return y
@@ -30,7 +36,11 @@ class MaxPool2d(Function):
 
 
 class MaxPool2dGrad(Function):
-    """Scatter ``gy`` to the arg-max positions (differentiable in ``gy``)."""
+    """Scatter ``gy`` to the arg-max positions (differentiable in ``gy``).
+
+    ``gx = zeros(x_shape); gx.flat[indices] += gy`` per (n, c): gy (N, C, OH, OW), gx
+    (N, C, H, W). Backward: ``ggy = MaxPool2dGather(ggx)``.
+    """
 
     def forward(self, gy: Any) -> Any:
         return K.max_pool2d_backward(gy, self.indices, self.x_shape)
@@ -40,7 +50,11 @@ class MaxPool2dGrad(Function):
 
 
 class MaxPool2dGather(Function):
-    """Pick the arg-max positions out of an input-shaped tensor (adjoint of the scatter)."""
+    """Pick the arg-max positions out of an input-shaped tensor (adjoint of the scatter).
+
+    ``y = a.flat[indices]`` per (n, c): a (N, C, H, W), y (N, C, OH, OW). Backward:
+    ``ga = MaxPool2dGrad(gy)``.
+    """
 
     def forward(self, a: Any) -> Any:
         n, c, h, w = a.shape
@@ -55,6 +69,11 @@ class MaxPool2dGather(Function):
 
 
 class AvgPool2d(Function):
+    """``y`` = the mean of each window: x (N, C, H, W), y (N, C, OH, OW).
+
+    Backward: ``gx = AvgPool2dGrad(gy)``: each ``gy[n, c, i, j]`` / divisor over its window.
+    """
+
     def forward(self, x: Any) -> Any:
         return K.avg_pool2d_forward(x, *self.args)
 
@@ -63,7 +82,12 @@ class AvgPool2d(Function):
 
 
 class AvgPool2dGrad(Function):
-    """Spread ``gy`` over the windows; its own backward is average pooling again."""
+    """Spread ``gy`` over the windows; its own backward is average pooling again.
+
+    ``gx[n, c, h, w] = sum`` of ``gy[n, c, i, j] / divisor`` over the windows (i, j) that
+    hold (h, w): gy (N, C, OH, OW), gx of ``x_shape`` (N, C, H, W). Backward:
+    ``ggy = AvgPool2d(ggx)``.
+    """
 
     def forward(self, gy: Any) -> Any:
         return K.avg_pool2d_backward(gy, self.x_shape, *self.args)

@@ -39,6 +39,11 @@ def _kept_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...
 
 
 class Sum(Function):
+    """``y = x.sum(axes, keepdims)``: x of any shape, y with ``axes`` removed (or kept as 1).
+
+    Backward: ``gx = broadcast_to(gy reshaped with the reduced axes as 1, x.shape)``.
+    """
+
     def forward(self, x: Any) -> Any:
         return x.sum(axis=self.axes, keepdims=self.keepdims)
 
@@ -50,7 +55,12 @@ class Sum(Function):
 
 
 class Extreme(Function):
-    """max / min over axes."""
+    """``y = x.max(axes)`` (``largest=True``) or ``x.min(axes)``, reduced axes removed
+    unless ``keepdims``.
+
+    Backward: ``gx = broadcast_to(gy, x.shape) * [x == y] / count``, count the number of
+    tied extremes in each reduced slice (ties share the gradient equally).
+    """
 
     def forward(self, x: Any) -> Any:
         y = x.max(axis=self.axes, keepdims=True) if self.largest else x.min(
@@ -111,7 +121,13 @@ def max(x: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:  # noqa
 
 
 def min(x: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:  # noqa: A001
-    """Minimum over ``axis``; tied minima share the gradient equally."""
+    """Minimum over ``axis``; tied minima share the gradient equally.
+
+    >>> import minidl
+    >>> x = minidl.tensor([1.0, 1.0, 3.0], requires_grad=True)
+    >>> minidl.functional.min(x).backward(); x.grad.tolist()
+    [0.5, 0.5, 0.0]
+    """
     return _extreme(x, axis, keepdims, False, "min")
 
 

@@ -24,6 +24,8 @@ def _shape_arg(shape: tuple) -> tuple:
 
 
 class Reshape(Function):
+    """``y = x.reshape(shape)``, same size; backward ``gx = reshape(gy, x.shape)``."""
+
     def forward(self, x: Any) -> Any:
         return x.reshape(self.shape)
 
@@ -51,6 +53,11 @@ def reshape(x: Tensor, *shape: Any) -> Tensor:
 
 
 class Permute(Function):
+    """``y = x.transpose(axes)``: y axis i is x axis ``axes[i]``.
+
+    Backward: ``gx = permute(gy, argsort(axes))``, the inverse permutation.
+    """
+
     def forward(self, x: Any) -> Any:
         return x.transpose(self.axes)
 
@@ -83,11 +90,12 @@ def transpose(x: Tensor, dim0: int = -2, dim1: int = -1) -> Tensor:
     >>> minidl.functional.transpose(minidl.ones(2, 3)).shape
     (3, 2)
     """
+    for d in (dim0, dim1):
+        # 0-d and 1-d tensors accept axes -1 and 0 and come back unchanged, as in PyTorch
+        if not -max(x.ndim, 1) <= d < max(x.ndim, 1):
+            raise ValueError(f"transpose: axis {d} is out of range for shape {x.shape}")
     if x.ndim < 2:
         return x
-    for d in (dim0, dim1):
-        if not -x.ndim <= d < x.ndim:
-            raise ValueError(f"transpose: axis {d} is out of range for shape {x.shape}")
     dims = list(range(x.ndim))
     dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
     return permute(x, *dims)
@@ -109,7 +117,13 @@ def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
 
 
 def squeeze(x: Tensor, axis: int | None = None) -> Tensor:
-    """Drop axis ``axis`` (which must have size 1), or all size-1 axes."""
+    """Drop axis ``axis`` (which must have size 1), or all size-1 axes.
+
+    >>> import minidl
+    >>> x = minidl.ones(1, 3, 1)
+    >>> minidl.functional.squeeze(x).shape, minidl.functional.squeeze(x, 0).shape
+    ((3,), (3, 1))
+    """
     if axis is None:
         return reshape(x, tuple(s for s in x.shape if s != 1))
     if not -x.ndim <= axis < x.ndim:
@@ -128,6 +142,9 @@ def unsqueeze(x: Tensor, axis: int) -> Tensor:
     >>> minidl.functional.unsqueeze(minidl.ones(3), 0).shape
     (1, 3)
     """
+    if not -(x.ndim + 1) <= axis <= x.ndim:
+        raise ValueError(f"unsqueeze: axis {axis} out of range for a new axis of a tensor with "
+                         f"{x.ndim} dims (expected {-(x.ndim + 1)}..{x.ndim})")
     axis = axis % (x.ndim + 1)
     return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
 
@@ -156,6 +173,11 @@ def _is_basic(index: Any) -> bool:
 
 
 class GetItem(Function):
+    """``y = x[index]``, basic or advanced indexing.
+
+    Backward: ``gx = GetItemGrad(gy)``: gy scattered into zeros of x.shape (repeats add up).
+    """
+
     def forward(self, x: Any) -> Any:
         return x[self.index]
 
@@ -165,7 +187,11 @@ class GetItem(Function):
 
 
 class GetItemGrad(Function):
-    """Scatter ``gy`` into zeros of the input's shape (the adjoint of indexing)."""
+    """``gx = zeros(shape); gx[index] += gy``: the adjoint of indexing, gx of ``shape``.
+
+    Repeated advanced indices accumulate. Backward (double backward of indexing):
+    ``gg = ggx[index]``.
+    """
 
     def forward(self, gy: Any) -> Any:
         xp = backend.get_array_module(gy)
@@ -202,6 +228,11 @@ def getitem(x: Tensor, index: Any) -> Tensor:
 
 
 class Concatenate(Function):
+    """``y = concatenate(xs, axis)``: the xs agree except along ``axis``, where sizes add.
+
+    Backward: ``gx_i`` = the slice of gy along ``axis`` that came from ``xs[i]``.
+    """
+
     def forward(self, *xs: Any) -> Any:
         return backend.get_array_module(xs[0]).concatenate(xs, axis=self.axis)
 
@@ -262,6 +293,11 @@ def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
 
 
 class Pad(Function):
+    """``y = pad(x, pad_width, value)``: each axis grows by ``before + after``.
+
+    Backward: ``gx = gy[before:before + size]`` along every axis (the padding gets no grad).
+    """
+
     def forward(self, x: Any) -> Any:
         xp = backend.get_array_module(x)
         return xp.pad(x, self.pad_width, mode="constant", constant_values=self.value)

@@ -91,6 +91,7 @@ def pair(op: str, name: str, v: Any, positive: bool = True, allow_zero: bool = F
 
 
 def check_4d(op: str, name: str, a: Any, layout: str) -> None:
+    """Raise ``ValueError`` naming ``op``, ``name`` and ``layout`` unless ``a`` is 4-D."""
     if getattr(a, "ndim", None) != 4:
         shape = getattr(a, "shape", None)
         raise ValueError(
@@ -117,7 +118,13 @@ def out_size(size: int, pad_total: int, k: int, s: int, d: int, ceil_mode: bool 
 
 
 def is_channels_last(a: Any) -> bool:
-    """True when a (N, C, H, W)-shaped array is laid out in memory as (N, H, W, C) C-order."""
+    """True when a (N, C, H, W)-shaped array is laid out in memory as (N, H, W, C) C-order.
+
+    >>> x = np.zeros((2, 3, 4, 5))
+    >>> nhwc = np.zeros((2, 4, 5, 3)).transpose(0, 3, 1, 2)  # shape (2, 3, 4, 5)
+    >>> is_channels_last(x), is_channels_last(nhwc)
+    (False, True)
+    """
     if a.ndim != 4:
         return False
     return bool(a.transpose(0, 2, 3, 1).flags.c_contiguous)

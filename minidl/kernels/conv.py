@@ -35,7 +35,15 @@ OP = "conv2d"
 
 
 class ConvGeometry(NamedTuple):
-    """Validated convolution parameters (see ``conv2d_geometry``)."""
+    """Validated convolution parameters (see ``conv2d_geometry``).
+
+    Fields: input (n, c, h, w); oc output channels; kernel (kh, kw); stride (sh, sw);
+    ``pad`` = (PT, PB, PL, PR); dilation (dh, dw); output (oh, ow); groups.
+
+    >>> g = conv2d_geometry((2, 3, 8, 8), (4, 3, 3, 3), stride=2, padding=1)
+    >>> (g.n, g.oc, g.oh, g.ow, g.pad)
+    (2, 4, 4, 4, (1, 1, 1, 1))
+    """
 
     n: int
     c: int
@@ -61,9 +69,10 @@ def conv2d_geometry(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: 
     Args:
         x_shape: (N, C, H, W).
         w_shape: (OC, C // groups, KH, KW).
-        stride, dilation: int or pair, positive.
+        stride: int or (SH, SW), positive.
         padding: int, (PH, PW), (PT, PB, PL, PR), ``"valid"`` (0) or ``"same"`` (stride 1
             only; odd total padding puts the extra row/column at the bottom/right, as PyTorch).
+        dilation: int or (DH, DW), positive: spacing between kernel taps.
         groups: positive, divides C and OC.
 
     Returns:
@@ -295,8 +304,11 @@ def conv2d_forward(x: Any, w: Any, b: Any = None, stride: int | tuple[int, int] 
         x: input (N, C, H, W), any memory layout, float32 or float64.
         w: weight (OC, C // groups, KH, KW), same dtype as x.
         b: bias (OC,) or None.
-        stride, padding, dilation, groups: as ``torch.nn.functional.conv2d``; see
+        stride: int or (SH, SW), as ``torch.nn.functional.conv2d``; see ``conv2d_geometry``.
+        padding: int, (PH, PW), (PT, PB, PL, PR), ``"valid"`` or ``"same"``; see
             ``conv2d_geometry``.
+        dilation: int or (DH, DW); see ``conv2d_geometry``.
+        groups: number of channel groups; divides C and OC.
         relu: apply ReLU to the result in the same pass as the bias add. Backward then needs
             ``relu_output=y`` to mask the incoming gradient.
         return_cols: also return the im2col matrix so backward need not rebuild it
@@ -345,7 +357,10 @@ def conv2d_grad_input(gy: Any, w: Any, x_shape: tuple[int, int, int, int],
         gy: upstream gradient (N, OC, OH, OW), any layout.
         w: weight (OC, C // groups, KH, KW).
         x_shape: (N, C, H, W) of the forward input.
-        stride, padding, dilation, groups: as in forward.
+        stride: as in forward.
+        padding: as in forward.
+        dilation: as in forward.
+        groups: as in forward.
         channels_last: memory layout of the result (shape is NCHW either way).
         relu_output: forward's y when it ran with ``relu=True``.
 
@@ -371,7 +386,10 @@ def conv2d_grad_weight(x: Any, gy: Any, w_shape: tuple[int, int, int, int],
         x: forward input (N, C, H, W).
         gy: upstream gradient (N, OC, OH, OW).
         w_shape: (OC, C // groups, KH, KW).
-        stride, padding, dilation, groups: as in forward.
+        stride: as in forward.
+        padding: as in forward.
+        dilation: as in forward.
+        groups: as in forward.
         cols: forward's im2col matrix if it was kept (``return_cols=True``); else rebuilt.
         relu_output: forward's y when it ran with ``relu=True``.
 
@@ -396,13 +414,18 @@ def conv2d_backward(x: Any, w: Any, gy: Any, stride: Any = 1, padding: Any = 0,
     """All gradients of ``conv2d_forward`` in one call, sharing the reshaped gy.
 
     Args:
-        x, w: forward input (N, C, H, W) and weight (OC, C // groups, KH, KW).
+        x: forward input (N, C, H, W).
+        w: weight (OC, C // groups, KH, KW).
         gy: upstream gradient (N, OC, OH, OW).
-        stride, padding, dilation, groups: as in forward.
+        stride: as in forward.
+        padding: as in forward.
+        dilation: as in forward.
+        groups: as in forward.
         cols: forward's im2col matrix if kept; rebuilt into a scratch buffer otherwise.
         relu_output: forward's y when it ran with ``relu=True`` (masks gy by y > 0).
-        need_input_grad, need_weight_grad, need_bias_grad: skip what is not needed (the
-            first layer of a net needs no gx).
+        need_input_grad: compute gx; False skips it (the first layer of a net needs no gx).
+        need_weight_grad: compute gw; False skips it.
+        need_bias_grad: compute gb; False skips it.
 
     Returns:
         (gx, gw, gb): gx like x's shape and layout (channels-last if x was, else C order),

@@ -50,7 +50,15 @@ Pad4 = tuple[int, int, int, int]
 
 
 def normalize_padding(op: str, padding: Any) -> Pad4:
-    """Return ``(PT, PB, PL, PR)`` from an int, a pair ``(PH, PW)`` or a 4-tuple."""
+    """Return ``(PT, PB, PL, PR)`` from an int, a pair ``(PH, PW)`` or a 4-tuple.
+
+    Args:
+        op: name of the calling op, used in error messages.
+        padding: an int, (PH, PW) or (PT, PB, PL, PR); non-negative.
+
+    >>> normalize_padding("im2col", 1), normalize_padding("im2col", (1, 2))
+    ((1, 1, 1, 1), (1, 1, 2, 2))
+    """
     if isinstance(padding, (tuple, list)) and len(padding) == 4:
         p = tuple(int(v) for v in padding)
     else:
@@ -246,7 +254,15 @@ _CF_MAX_CHANNELS = 8
 
 def im2col_into(x: Any, cols: Any, kh: int, kw: int, sh: int, sw: int, pad: Pad4, dh: int,
                 dw: int, oh: int, ow: int, groups: int) -> None:
-    """Fill a preallocated ``cols`` (N*OH*OW, K) from x (N, C, H, W); arguments pre-checked."""
+    """Fill a preallocated ``cols`` (N*OH*OW, K) from x (N, C, H, W); arguments pre-checked.
+
+    The no-allocation core of ``im2col``: kernel (kh, kw), stride (sh, sw), ``pad`` =
+    (PT, PB, PL, PR), dilation (dh, dw) and output size (oh, ow) are trusted as given.
+
+    >>> x = np.arange(4.0).reshape(1, 1, 2, 2); cols = np.empty((1, 4))
+    >>> im2col_into(x, cols, 2, 2, 1, 1, (0, 0, 0, 0), 1, 1, 1, 1, 1); cols.tolist()
+    [[0.0, 1.0, 2.0, 3.0]]
+    """
     if use_numba(x, cols):
         if is_channels_last(x):
             xn = x.transpose(0, 2, 3, 1)
@@ -265,7 +281,16 @@ def im2col_into(x: Any, cols: Any, kh: int, kw: int, sh: int, sw: int, pad: Pad4
 
 def col2im_into(cols: Any, gx: Any, kh: int, kw: int, sh: int, sw: int, pad: Pad4, dh: int,
                 dw: int, oh: int, ow: int, groups: int) -> None:
-    """Overwrite ``gx`` (N, C, H, W; C-order or channels-last) with the folded ``cols``."""
+    """Overwrite ``gx`` (N, C, H, W; C-order or channels-last) with the folded ``cols``.
+
+    The no-allocation core of ``col2im``; ``cols`` is (N*OH*OW, K) and the geometry
+    arguments are those of ``im2col_into``, trusted as given.
+
+    >>> gx = np.empty((1, 1, 2, 2))
+    >>> col2im_into(np.ones((1, 4)), gx, 2, 2, 1, 1, (0, 0, 0, 0), 1, 1, 1, 1, 1)
+    >>> gx[0, 0].tolist()
+    [[1.0, 1.0], [1.0, 1.0]]
+    """
     if use_numba(cols, gx):
         cols = np.ascontiguousarray(cols)
         if is_channels_last(gx):
@@ -322,7 +347,11 @@ def col2im(cols: Any, x_shape: tuple[int, int, int, int], kernel_size: int | tup
     Args:
         cols: shape (N*OH*OW, G*KH*KW*Cg), the layout ``im2col`` produces.
         x_shape: (N, C, H, W) of the image to produce.
-        kernel_size, stride, padding, dilation, groups: as for ``im2col``.
+        kernel_size: (KH, KW) or an int, as for ``im2col``.
+        stride: (SH, SW) or an int, as for ``im2col``.
+        padding: an int, (PH, PW), or (PT, PB, PL, PR), as for ``im2col``.
+        dilation: (DH, DW) or an int, as for ``im2col``.
+        groups: G, as for ``im2col``.
         channels_last: return an (N, C, H, W)-shaped array whose memory is (N, H, W, C).
 
     Returns:

@@ -473,7 +473,10 @@ def avg_pool2d_forward(x: Any, kernel_size: int | tuple[int, int],
 
     Args:
         x: input (N, C, H, W), float.
-        kernel_size, stride, padding, ceil_mode: as ``max_pool2d_forward`` (no dilation).
+        kernel_size: (KH, KW) or an int.
+        stride: (SH, SW), an int, or None for the kernel size.
+        padding: (PH, PW) or an int, at most (KH // 2, KW // 2); pads with zeros.
+        ceil_mode: round the output size up (PyTorch semantics). There is no dilation.
         count_include_pad: divide by the window size clipped to the padded input (True,
             PyTorch's default) or by the number of real input pixels (False).
         divisor_override: divide by this instead.
@@ -515,8 +518,12 @@ def avg_pool2d_backward(gy: Any, x_shape: tuple[int, int, int, int],
     Args:
         gy: upstream gradient (N, C, OH, OW).
         x_shape: (N, C, H, W) of the forward input.
-        kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override: as in
-            forward.
+        kernel_size: as in forward.
+        stride: as in forward.
+        padding: as in forward.
+        ceil_mode: as in forward.
+        count_include_pad: as in forward.
+        divisor_override: as in forward.
         channels_last: layout of gx; None follows gy's layout.
 
     Returns:

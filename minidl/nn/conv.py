@@ -45,9 +45,13 @@ class Conv2d(Module):
     """2-D convolution over an NCHW input.
 
     Args:
-        in_channels, out_channels: channels of the input and of the output.
-        kernel_size, stride, padding, dilation: ints or (h, w) pairs (``padding`` may also
-            be a string understood by ``minidl.functional.conv2d``, such as ``"same"``).
+        in_channels: channels of the input, C_in.
+        out_channels: channels of the output, C_out.
+        kernel_size: int or (KH, KW).
+        stride: int or (SH, SW).
+        padding: int or (PH, PW), or a string understood by ``minidl.functional.conv2d``
+            (``"same"``, ``"valid"``).
+        dilation: int or (DH, DW).
         groups: split channels into this many independent groups.
         bias: learn a per-output-channel bias.
         activation: ``"relu"`` fuses a ReLU into the convolution (Keras'

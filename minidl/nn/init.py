@@ -71,7 +71,12 @@ def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0) -> Tensor:
 
 
 def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0) -> Tensor:
-    """Fill with samples of N(mean, std^2)."""
+    """Fill with samples of N(mean, std^2).
+
+    >>> import minidl
+    >>> w = normal_(minidl.zeros(1000), 5.0, 0.1); round(float(w.mean().item()))
+    5
+    """
     return _fill(tensor, default_generator().normal(mean, std, tensor.shape))
 
 
@@ -86,12 +91,22 @@ def constant_(tensor: Tensor, val: float) -> Tensor:
 
 
 def zeros_(tensor: Tensor) -> Tensor:
-    """Fill with zeros."""
+    """Fill with zeros.
+
+    >>> import minidl
+    >>> zeros_(minidl.ones(2)).tolist()
+    [0.0, 0.0]
+    """
     return constant_(tensor, 0.0)
 
 
 def ones_(tensor: Tensor) -> Tensor:
-    """Fill with ones."""
+    """Fill with ones.
+
+    >>> import minidl
+    >>> ones_(minidl.zeros(2)).tolist()
+    [1.0, 1.0]
+    """
     return constant_(tensor, 1.0)
 
 
@@ -141,7 +156,13 @@ def xavier_uniform_(tensor: Tensor, gain: float = 1.0) -> Tensor:
 
 
 def xavier_normal_(tensor: Tensor, gain: float = 1.0) -> Tensor:
-    """Glorot normal init: N(0, std^2) with ``std = gain * sqrt(2 / (fan_in + fan_out))``."""
+    """Glorot normal init: N(0, std^2) with ``std = gain * sqrt(2 / (fan_in + fan_out))``.
+
+    >>> import minidl
+    >>> w = xavier_normal_(minidl.zeros(100, 100))  # std = sqrt(2 / 200) = 0.1
+    >>> 0.09 < float(w.numpy().std()) < 0.11
+    True
+    """
     fan_in, fan_out = calculate_fan_in_and_fan_out(tensor)
     std = gain * math.sqrt(2.0 / (fan_in + fan_out))
     return _fill(tensor, default_generator().normal(0.0, std, tensor.shape))

@@ -291,9 +291,11 @@ class Module:
         return self
 
     def cpu(self) -> Module:
+        """Move parameters and buffers to the host, in place; returns self (``to("cpu")``)."""
         return self.to("cpu")
 
     def cuda(self, index: int = 0) -> Module:
+        """Move parameters and buffers to GPU ``index`` in place (needs CuPy); returns self."""
         return self.to(f"cuda:{index}")
 
     def float(self) -> Module:
@@ -380,6 +382,8 @@ class Module:
         return _HookHandle(self._forward_hooks, _hook_counter[0])
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Compute the module's output; subclasses implement it. Call the module
+        (``module(x)``) rather than ``forward`` so that forward hooks run."""
         raise NotImplementedError(f"{type(self).__name__}.forward is not implemented")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -34,7 +34,8 @@ def summary(model: Module, input_shape: tuple[int | None, ...], dtype: Any = Non
         input_shape: the full input shape **including** the batch axis, e.g.
             ``(1, 3, 32, 32)``; the batch size may be given as ``None`` (Keras style, run
             with 1). Output shapes show the batch axis as ``None``.
-        dtype, device: of the dummy input; default to the model's first parameter's.
+        dtype: of the dummy input; defaults to the model's first parameter's dtype.
+        device: of the dummy input; defaults to the model's first parameter's device.
         print_fn: called with the table; pass ``None`` to only return it.
 
     Rows are the leaf modules in the order they ran (plus any container that owns

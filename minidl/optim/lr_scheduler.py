@@ -21,7 +21,30 @@ from minidl.optim.optimizer import Optimizer
 
 
 class LRScheduler:
-    """Base class: subclasses implement ``_factor_or_lr(epoch)`` via ``get_lr_at``."""
+    """Base class of the schedules: subclasses implement ``get_lr_at(epoch)``.
+
+    A schedule of the form ``lr = base_lr * f(epoch)`` can instead subclass the internal
+    ``_FactorScheduler`` and implement ``factor(epoch)``, as ``StepLR`` and ``LambdaLR`` do.
+    Subclasses set their attributes *before* calling ``super().__init__``, which runs the
+    first ``step()``.
+
+    Args:
+        optimizer: the optimizer whose ``param_groups`` get their ``"lr"`` set.
+        last_epoch: the step count to resume from; -1 (the default) starts a new schedule
+            and records each group's current lr as ``initial_lr``.
+
+    Attributes:
+        base_lrs (list[float]): the ``initial_lr`` of every group.
+        last_epoch (int): steps taken so far (0 right after construction).
+
+    >>> import minidl, minidl.nn, minidl.optim
+    >>> class Halving(LRScheduler):
+    ...     def get_lr_at(self, epoch):
+    ...         return [base * 0.5 ** epoch for base in self.base_lrs]
+    >>> opt = minidl.optim.SGD([minidl.nn.Parameter(minidl.zeros(1))], lr=1.0)
+    >>> s = Halving(opt); s.step(); s.step(); s.get_last_lr(), opt.param_groups[0]["lr"]
+    ([0.25], 0.25)
+    """
 
     def __init__(self, optimizer: Optimizer, last_epoch: int = -1) -> None:
         if not isinstance(optimizer, Optimizer):
@@ -82,6 +105,7 @@ class _FactorScheduler(LRScheduler):
     """A schedule of the form ``lr = base_lr * factor(epoch)``."""
 
     def factor(self, epoch: int) -> float:  # pragma: no cover - abstract
+        """The multiplier of ``base_lr`` after ``epoch`` steps."""
         raise NotImplementedError
 
     def get_lr_at(self, epoch: int) -> list[float]:
@@ -112,6 +136,7 @@ class StepLR(_FactorScheduler):
         super().__init__(optimizer, last_epoch)
 
     def factor(self, epoch: int) -> float:
+        """``gamma ** (epoch // step_size)``."""
         return self.gamma ** (epoch // self.step_size)
 
 
@@ -133,6 +158,7 @@ class MultiStepLR(_FactorScheduler):
         super().__init__(optimizer, last_epoch)
 
     def factor(self, epoch: int) -> float:
+        """``gamma ** k``, k the number of milestones <= ``epoch``."""
         return self.gamma ** bisect.bisect_right(self.milestones, epoch)
 
 
@@ -153,11 +179,19 @@ class ExponentialLR(_FactorScheduler):
         super().__init__(optimizer, last_epoch)
 
     def factor(self, epoch: int) -> float:
+        """``gamma ** epoch``."""
         return self.gamma ** epoch
 
 
 class LambdaLR(_FactorScheduler):
-    """``lr = base_lr * lr_lambda(epoch)`` (the function itself is not saved)."""
+    """``lr = base_lr * lr_lambda(epoch)`` (the function itself is not saved).
+
+    >>> import minidl, minidl.nn, minidl.optim
+    >>> opt = minidl.optim.SGD([minidl.nn.Parameter(minidl.zeros(1))], lr=1.0)
+    >>> s = LambdaLR(opt, lambda e: 1.0 / (e + 1))
+    >>> s.step(); s.get_last_lr()
+    [0.5]
+    """
 
     def __init__(self, optimizer: Optimizer, lr_lambda: Callable[[int], float],
                  last_epoch: int = -1) -> None:
@@ -165,6 +199,7 @@ class LambdaLR(_FactorScheduler):
         super().__init__(optimizer, last_epoch)
 
     def factor(self, epoch: int) -> float:
+        """``lr_lambda(epoch)``."""
         return float(self.lr_lambda(epoch))
 
 
@@ -215,6 +250,7 @@ class LinearLR(_FactorScheduler):
         super().__init__(optimizer, last_epoch)
 
     def factor(self, epoch: int) -> float:
+        """``start_factor`` moved linearly to ``end_factor`` over ``total_iters`` steps."""
         frac = min(epoch, self.total_iters) / self.total_iters if self.total_iters else 1.0
         return self.start_factor + (self.end_factor - self.start_factor) * frac
 
@@ -294,6 +330,7 @@ class PiecewiseLinearLR(_FactorScheduler):
         super().__init__(optimizer, last_epoch)
 
     def factor(self, epoch: int) -> float:
+        """``interp(epoch, steps, factors)``, constant outside ``steps``."""
         return float(np.interp(epoch, self.steps, self.factors))
 
 

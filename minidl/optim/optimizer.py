@@ -42,6 +42,19 @@ class Optimizer:
 
     Each group is a dict with ``"params"`` (the Parameter objects), ``"param_names"`` and
     its hyperparameters; ``state[name]`` is a dict of arrays and numbers.
+
+    >>> import minidl, minidl.nn
+    >>> class PlainSGD(Optimizer):
+    ...     def __init__(self, params, lr=0.1):
+    ...         super().__init__(params, dict(lr=lr))
+    ...     def step(self):
+    ...         for group in self.param_groups:
+    ...             for p in group["params"]:
+    ...                 if p.grad is not None:
+    ...                     p.data -= group["lr"] * p.grad.data
+    >>> p = minidl.nn.Parameter(minidl.tensor([1.0]))
+    >>> opt = PlainSGD([p], lr=0.5); p.grad = minidl.tensor([1.0]); opt.step(); p.tolist()
+    [0.5]
     """
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
@@ -115,6 +128,10 @@ class Optimizer:
                 p.xp.zeros_like(p.data), False)
 
     def step(self) -> None:  # pragma: no cover - abstract
+        """Update every parameter that has a ``.grad`` in place (one optimisation step).
+
+        Parameters whose ``.grad`` is None are skipped. Subclasses implement the update rule.
+        """
         raise NotImplementedError(f"{type(self).__name__}.step is not implemented")
 
     def _state_for(self, name: str, p: Tensor) -> dict[str, Any]:
