@@ -29,6 +29,7 @@ from minidl.autograd import Function, Tensor, is_grad_enabled
 from minidl.functional.math import sqrt
 from minidl.functional.reduce import mean as _mean
 from minidl.functional.reduce import sum as _sum
+from minidl.kernels import norm as norm_kernels
 
 
 def _const(array: Any) -> Tensor:
@@ -51,12 +52,16 @@ class BatchNorm(Function):
 
     def forward(self, x: Any, weight: Any = None, bias: Any = None) -> Any:
         xp = backend.get_array_module(x)
+        rows = norm_kernels.rows_view(x)
         if self.use_batch_stats:
             m = x.size // x.shape[1]
-            mean = x.mean(axis=self.axes, keepdims=True)
-            xc = x - mean
-            var = (xc * xc).mean(axis=self.axes, keepdims=True)
-            inv_std = 1.0 / xp.sqrt(var + self.eps)
+            if rows is not None:  # one fused pass for both statistics
+                mean64, var64 = norm_kernels.batch_stats(rows)
+                mean, var = mean64.reshape(self.pshape), var64.reshape(self.pshape)
+            else:
+                mean = x.mean(axis=self.axes, keepdims=True)
+                xc = x - mean
+                var = (xc * xc).mean(axis=self.axes, keepdims=True)
             rm, rv = self.running_mean, self.running_var
             if rm is not None:
                 mom = self.momentum
@@ -65,30 +70,67 @@ class BatchNorm(Function):
                 rm[...] = (rm * (1.0 - mom) + mean.reshape(-1).astype(rm.dtype) * mom)
                 rv[...] = (rv * (1.0 - mom) + unbiased.astype(rv.dtype) * mom)
         else:
-            xc = x - self.running_mean.astype(x.dtype).reshape(self.pshape)
-            inv_std = 1.0 / xp.sqrt(self.running_var.astype(x.dtype).reshape(self.pshape)
-                                    + self.eps)
-        xhat = xc * inv_std
-        self.save_for_backward(xhat, inv_std)
-        y = xhat
+            mean = self.running_mean.reshape(self.pshape)
+            var = self.running_var.reshape(self.pshape)
+        mean = mean.astype(x.dtype, copy=False)
+        inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype, copy=False)
+        self.save_for_backward(mean, inv_std)
+        if rows is not None:
+            c = x.shape[1]
+            w = weight if weight is not None else np.ones(c, x.dtype)
+            b = bias if bias is not None else np.zeros(c, x.dtype)
+            y = np.empty_like(x)  # same memory layout as x, so it has a rows view too
+            norm_kernels.normalize(rows, mean.reshape(-1), inv_std.reshape(-1), w, b,
+                                   norm_kernels.rows_view(y))
+            return y
+        y = (x - mean) * inv_std
         if weight is not None:
             y = y * weight.reshape(self.pshape) + bias.reshape(self.pshape)
         return y
 
     def _stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``xhat`` and ``inv_std``: differentiable in ``x`` while recording a graph (double
-        backward), otherwise the constants saved by the forward pass."""
-        xhat, inv_std = self.saved
+        backward), otherwise constants rebuilt from the saved per-channel statistics."""
+        mean, inv_std = self.saved
         if not (is_grad_enabled() and x.requires_grad):
-            return _const(xhat), _const(inv_std)
+            return _const((x.data - mean) * inv_std), _const(inv_std)
         if self.use_batch_stats:
             xc = x - _mean(x, axis=self.axes, keepdims=True)
             inv_std_t = 1.0 / sqrt(_mean(xc * xc, axis=self.axes, keepdims=True) + self.eps)
             return xc * inv_std_t, inv_std_t
-        rm = _const(x.xp.asarray(self.running_mean, dtype=x.dtype).reshape(self.pshape))
-        return (x - rm) * _const(inv_std), _const(inv_std)
+        return (x - _const(mean)) * _const(inv_std), _const(inv_std)
+
+    def _fast_backward(self, gy: Tensor) -> tuple | None:
+        """Plain backward with batch statistics in two fused passes (``minidl.kernels.norm``);
+        None when the layout or device does not allow it."""
+        x = self.inputs[0]
+        x_rows = norm_kernels.rows_view(x.data)
+        if x_rows is None or not self.use_batch_stats:
+            return None
+        g = gy.data
+        g_rows = norm_kernels.rows_view(g)
+        if g_rows is None:  # e.g. an NCHW gradient: one copy into x's layout
+            g = np.empty_like(x.data)
+            g[...] = gy.data
+            g_rows = norm_kernels.rows_view(g)
+        mean, inv_std = self.saved
+        affine = len(self.inputs) == 3
+        c = x.shape[1]
+        w = self.inputs[1].data if affine else np.ones(c, x.dtype)
+        gx = np.empty_like(x.data) if self.needs_input_grad[0] else None
+        gw, gb = norm_kernels.backward(g_rows, x_rows, mean.reshape(-1), inv_std.reshape(-1),
+                                       w, None if gx is None else norm_kernels.rows_view(gx))
+        gx_t = None if gx is None else Tensor._make(gx, False)
+        if not affine:
+            return gx_t
+        return (gx_t, Tensor._make(gw.astype(x.dtype), False),
+                Tensor._make(gb.astype(x.dtype), False))
 
     def backward(self, gy: Tensor) -> tuple:
+        if not is_grad_enabled():
+            fast = self._fast_backward(gy)
+            if fast is not None:
+                return fast
         x = self.inputs[0]
         affine = len(self.inputs) == 3
         need = self.needs_input_grad
