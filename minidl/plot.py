@@ -9,12 +9,13 @@ titled with predicted and true labels (red when wrong). Each returns the matplot
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from minidl._fileio import atomic_write
 
 try:
     import matplotlib
@@ -26,18 +27,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without matplotl
 
 
 def _save(fig: Any, path: str | os.PathLike | None) -> None:
-    if path is None:
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    if path is not None:
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
 
 
 def training_curves(history: Any, path: str | os.PathLike | None = None) -> Any:

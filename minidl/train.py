@@ -24,7 +24,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -33,34 +32,9 @@ from typing import Any
 import numpy as np
 
 from minidl import backend, random
+from minidl._fileio import atomic_write_text
 from minidl.autograd import Tensor, no_grad
 from minidl.functional import argmax, softmax_cross_entropy
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder, then rename).
-
-    Readers see the old file or the new one, never half of it; missing folders are created.
-
-    >>> import tempfile, pathlib
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     atomic_write_text(pathlib.Path(d) / "sub" / "a.txt", "hi")
-    ...     (pathlib.Path(d) / "sub" / "a.txt").read_text()
-    'hi'
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class History:

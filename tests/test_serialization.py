@@ -153,3 +153,17 @@ def test_truncated_or_corrupted_file(tmp_path, cut) -> None:
     (tmp_path / "x.npz").write_bytes(bytes(corrupted))
     with pytest.raises(ValueError, match="corrupted or truncated"):
         load(tmp_path / "x.npz")
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the final file must not stay private."""
+    import os
+
+    from minidl import save
+
+    old = os.umask(0o022)
+    try:
+        save({"a": np.ones(2)}, tmp_path / "c.npz")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "c.npz").stat().st_mode & 0o777 == 0o644

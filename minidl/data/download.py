@@ -21,7 +21,7 @@ import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath
 
-from ._util import DataFormatError, replace_dir
+from ._util import DataFormatError, default_permissions, replace_dir
 
 
 class DownloadError(OSError):
@@ -231,6 +231,7 @@ def extract_archive(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> 
     archive, dest_dir = Path(archive), Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest_dir))
+    default_permissions(tmp, directory=True)
     try:
         try:
             with tarfile.open(archive, "r:*") as tar:

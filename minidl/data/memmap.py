@@ -26,7 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from ._util import DataFormatError, DatasetNotFoundError, atomic_write, replace_dir
+from ._util import (
+    DataFormatError,
+    DatasetNotFoundError,
+    atomic_write,
+    default_permissions,
+    replace_dir,
+)
 from .loader import Dataset
 
 _FORMAT = "minidl-memmap"
@@ -77,6 +83,7 @@ class _MemmapWriter:
         self.n, self.image_shape = int(n), tuple(int(s) for s in image_shape)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", suffix=".tmp",
                                          dir=self.out_dir.parent))
+        default_permissions(self.tmp, directory=True)
         try:
             self.images = _NpyStreamWriter(self.tmp / _IMAGES, (self.n, *self.image_shape), dtype)
             self.labels = _NpyStreamWriter(self.tmp / _LABELS, (self.n,), np.int64)
