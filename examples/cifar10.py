@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="LR schedule (default: constant for seed, onecycle for resnet9)")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision: float16 GEMMs, float32 master weights, loss "
+                        "scaling (for CUDA; slow on the CPU)")
     p.add_argument("--limit", type=int, default=None, help="train on the first N images")
     p.add_argument("--test-limit", type=int, default=None,
                    help="evaluate on N test images, evenly spaced (every class even when the "
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
                       callbacks=[ModelCheckpoint(out)] + ([PrintEpoch()] if args.no_progress
                                                           else []),
                       progress=not args.no_progress,
-                      log_every=20)
+                      log_every=20, mixed_precision="float16" if args.amp else None)
     if args.resume:
         ckpt = out / "last.npz"
         if not ckpt.exists():
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_seconds_this_run": wall,
         "train_seconds_total": float(sum(r["time"] for r in history.epochs)),
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.python_version()}",
-        "device": args.device, "numpy": np.__version__,
+        "device": args.device, "amp": args.amp, "numpy": np.__version__,
     }
     atomic_write_text(out / "result.json", json.dumps(result, indent=1))
     try:

@@ -7,7 +7,7 @@
 tensor([2., 4., 6.])
 """
 
-from minidl import data, functional, nn, optim
+from minidl import amp, data, functional, nn, optim
 from minidl.autograd import (
     Function,
     Tensor,
@@ -29,7 +29,7 @@ from minidl.serialization import load, save
 __version__ = "0.1.0"
 
 __all__ = [
-    "Device", "Function", "Tensor", "cuda_is_available", "data", "enable_grad", "functional",
+    "Device", "Function", "amp", "Tensor", "cuda_is_available", "data", "enable_grad", "functional",
     "gradcheck", "gradgradcheck", "is_grad_enabled", "load", "manual_seed", "nn", "no_grad",
     "ones", "optim", "rand", "randn", "save", "set_grad_enabled", "tensor", "zeros",
 ]

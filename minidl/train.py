@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from minidl import backend, random
+from minidl import amp, backend, random
 from minidl._fileio import atomic_write_text
 from minidl.autograd import Tensor, no_grad
 from minidl.functional import argmax, softmax_cross_entropy
@@ -368,6 +368,9 @@ class Trainer:
             others at each epoch end, so a checkpoint always holds the stepped schedule.
         progress: show a tqdm progress bar.
         log_every: read the loss back from the device every this many batches.
+        mixed_precision: ``"float16"`` runs forward passes under ``minidl.amp.autocast``
+            and scales the loss with a ``GradScaler`` (parameters stay float32); meant for
+            CUDA, where half-precision GEMMs are fast. None (default): plain float32.
 
     Metrics are named as in Keras: ``loss``, ``accuracy`` and, with validation data,
     ``val_loss``, ``val_accuracy``; each history row also has ``epoch``, ``lr``, ``time``
@@ -398,8 +401,12 @@ class Trainer:
         callbacks: Iterable[Callback] = (),
         progress: bool = True,
         log_every: int = 10,
+        mixed_precision: str | None = None,
     ) -> None:
         self.model = model
+        self.autocast = amp.autocast(mixed_precision or "float16",
+                                     enabled=mixed_precision is not None)
+        self.scaler = amp.GradScaler(enabled=mixed_precision is not None)
         self.optimizer = optimizer
         self.loss_fn = loss_fn or softmax_cross_entropy
         self.scheduler = scheduler
@@ -436,6 +443,8 @@ class Trainer:
         }
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
+        if self.scaler.enabled:
+            state["grad_scaler"] = self.scaler.state_dict()
         loader_state = getattr(self.train_loader, "state_dict", None)
         if callable(loader_state):
             state["train_loader"] = {k: int(v) for k, v in loader_state().items()}
@@ -454,6 +463,8 @@ class Trainer:
                 raise KeyError("Trainer.load_state_dict: checkpoint has no scheduler state but "
                                "this trainer has a scheduler")
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler.enabled and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.epoch = int(state["epoch"])
         self.history = History(state.get("history", []))
         loader_state = state.get("train_loader")
@@ -485,11 +496,13 @@ class Trainer:
 
     def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Any]:
         """One optimization step; returns the loss tensor and the correct-count array."""
-        logits = self.model(x)
-        loss = self.loss_fn(logits, y)
+        with self.autocast:
+            logits = self.model(x)
+            loss = self.loss_fn(logits, y)
         self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return loss, _accuracy_count(logits.detach(), y)
 
     def fit(
@@ -636,7 +649,7 @@ class Trainer:
         total = len(loader) if hasattr(loader, "__len__") else None
         bar = self._bar(total, desc)
         try:
-            with no_grad():
+            with no_grad(), self.autocast:
                 for x, y in loader:
                     logits = self.model(x)
                     n = x.shape[0]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from minidl import backend
+from minidl import amp, backend
 from minidl.autograd import Function, Tensor, is_grad_enabled
 from minidl.functional.math import _mask, erf, exp
 from minidl.functional.reduce import sum as _sum
@@ -180,6 +180,7 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
     >>> minidl.functional.softmax(minidl.tensor([0.0, 0.0])).tolist()
     [0.5, 0.5]
     """
+    (x,) = amp.upper(x)  # float32 inside autocast
     return Softmax.apply(x, axis=_softmax_axis(x, axis, "softmax"))
 
 
@@ -190,4 +191,5 @@ def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
     >>> minidl.functional.log_softmax(minidl.tensor([0.0, 0.0])).exp().tolist()
     [0.5, 0.5]
     """
+    (x,) = amp.upper(x)  # float32 inside autocast
     return LogSoftmax.apply(x, axis=_softmax_axis(x, axis, "log_softmax"))

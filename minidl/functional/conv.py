@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from minidl import amp
 from minidl.autograd import Function, Tensor, is_grad_enabled
 from minidl.kernels import conv as K
 
@@ -145,6 +146,7 @@ def conv2d(
     >>> conv2d(x, w, padding="same").shape
     (2, 4, 8, 8)
     """
+    x, weight, bias = amp.lower(x, weight, bias)  # float16 GEMM inside autocast
     for name, t in (("input", x), ("weight", weight), ("bias", bias)):
         if t is not None and not isinstance(t, Tensor):
             raise TypeError(f"conv2d: {name} must be a Tensor, got {type(t).__name__}")

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from minidl import amp
 from minidl.autograd import Function, Tensor
 from minidl.functional.math import _operands, sum_to
 
@@ -40,6 +41,7 @@ def matmul(a: Any, b: Any) -> Tensor:
     >>> minidl.functional.matmul(a, b).shape
     (2, 3, 5)
     """
+    a, b = amp.lower(a, b)  # float16 GEMM inside autocast
     a, b = _operands(a, b, "matmul")
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError(f"matmul: operands must be at least 1-D, got shapes {a.shape} and "
@@ -94,6 +96,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     >>> minidl.functional.linear(minidl.ones(8, 4), minidl.ones(3, 4)).shape
     (8, 3)
     """
+    x, weight, bias = amp.lower(x, weight, bias)  # float16 GEMM inside autocast
     if weight.ndim != 2:
         raise ValueError(f"linear: weight must be 2-D (out, in), got shape {weight.shape}")
     if x.ndim < 1 or x.shape[-1] != weight.shape[1]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from minidl import backend
+from minidl import amp, backend
 from minidl.autograd import Function, Tensor
 from minidl.functional.activation import softmax
 from minidl.functional.reduce import mean as _mean
@@ -91,6 +91,7 @@ def softmax_cross_entropy(
     >>> round(minidl.functional.softmax_cross_entropy(logits, minidl.tensor([0])).item(), 4)
     0.2395
     """
+    logits, target = amp.upper(logits, target)  # float32 inside autocast
     op = "softmax_cross_entropy"
     if not isinstance(logits, Tensor) or logits.ndim != 2:
         raise ValueError(f"{op}: logits must be a 2-D (N, C) tensor, got shape "
@@ -142,6 +143,7 @@ def mse_loss(pred: Tensor, target: Tensor | Any, reduction: str = "mean") -> Ten
     >>> minidl.functional.mse_loss(minidl.tensor([1.0, 3.0]), minidl.tensor([1.0, 1.0])).item()
     2.0
     """
+    pred, target = amp.upper(pred, target)  # float32 inside autocast
     if reduction not in _REDUCTIONS:
         raise ValueError(f"mse_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     tshape = getattr(target, "shape", np.shape(target))

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from minidl import backend
+from minidl import amp, backend
 from minidl.autograd import _DEFAULT_FLOAT, Function, Tensor, _is_float
 
 # ----------------------------------------------------------------------------------------
@@ -39,6 +39,9 @@ def _operands(a: Any, b: Any, op: str) -> tuple[Tensor, Tensor]:
         if a.dtype == b.dtype:
             return a, b
         fa, fb = _is_float(a.dtype), _is_float(b.dtype)
+        if fa and fb and amp.autocast_dtype() is not None:  # autocast: the wider wins
+            wide = np.promote_types(a.dtype, b.dtype)
+            return cast(a, wide), cast(b, wide)
         if fa and fb:
             raise TypeError(
                 f"{op}: dtype mismatch, {a.dtype} and {b.dtype}; minidl never upcasts "

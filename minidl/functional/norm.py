@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from minidl import backend
+from minidl import amp, backend
 from minidl.autograd import Function, Tensor, is_grad_enabled
 from minidl.functional.math import sqrt
 from minidl.functional.reduce import mean as _mean
@@ -202,6 +202,7 @@ def batch_norm(
     >>> rm.tolist(), rv.tolist()
     ([0.20000000298023224], [1.100000023841858])
     """
+    x, weight, bias = amp.upper(x, weight, bias)  # float32 inside autocast
     op = "batch_norm"
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: expected a Tensor input, got {type(x).__name__}")
@@ -271,6 +272,7 @@ def layer_norm(
     >>> layer_norm(minidl.tensor([[1.0, 3.0]]), 2, eps=0.0).tolist()
     [[-1.0, 1.0]]
     """
+    x, weight, bias = amp.upper(x, weight, bias)  # float32 inside autocast
     op = "layer_norm"
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: expected a Tensor input, got {type(x).__name__}")

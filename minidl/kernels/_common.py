@@ -59,8 +59,11 @@ def get_backend() -> str:
 
 
 def use_numba(*arrays: Any) -> bool:
-    """True when the numba kernels should run: backend is numba and all arrays are NumPy."""
-    return _backend == "numba" and all(isinstance(a, np.ndarray) for a in arrays)
+    """True when the numba kernels should run: backend is numba and all arrays are NumPy
+    (and none is float16, which the compiled kernels do not handle: half precision is for
+    the GPU, and on the CPU runs the generic array path)."""
+    return _backend == "numba" and all(isinstance(a, np.ndarray) and a.dtype != np.float16
+                                       for a in arrays)
 
 
 def array_module(a: Any) -> Any:
