@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
+from minidl import backend
 from minidl.kernels._common import (
     array_module,
     check_4d,
@@ -306,9 +307,10 @@ def _max_bwd_xp(gy: Any, ind: Any, x_shape: tuple[int, ...]) -> Any:
     xp = array_module(gy)
     n, c, h, w = x_shape
     flat = xp.zeros((n, c, h * w), dtype=gy.dtype)
-    # Scatter-add by sorting into one bincount per plane would also work; add.at is clear.
+    # Overlapping windows can pick the same input twice: a scatter that accumulates
+    # (np.add.at / cupyx.scatter_add through the backend).
     plane = (xp.arange(n * c) * (h * w)).reshape(n, c, 1, 1)
-    xp.add.at(flat.reshape(-1), (ind + plane).reshape(-1), gy.reshape(-1))
+    backend.scatter_add(flat.reshape(-1), (ind + plane).reshape(-1), gy.reshape(-1))
     return flat.reshape(n, c, h, w)
 
 
