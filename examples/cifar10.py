@@ -14,9 +14,7 @@ same result as an uninterrupted run with the same seed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ from minidl.data import DataLoader, load_cifar10
 from minidl.data import transforms as T
 from minidl.data.datasets import CIFAR10_CLASSES
 from minidl.models import resnet9, seed_cnn
-from minidl.train import ModelCheckpoint, PrintEpoch, Trainer, atomic_write_text
+from minidl.train import ModelCheckpoint, PrintEpoch, Trainer, report_run
 
 # Per-channel statistics of the CIFAR-10 training set (for Normalize).
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -151,15 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     history = trainer.fit(train, epochs=args.epochs, validation=test)
     wall = time.perf_counter() - start
-    history.save(out)
-    for row in history.epochs:
-        print(f"epoch {row['epoch']:3d}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
-              f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  "
-              f"{row['time']:.1f}s  {row['images_per_s']:.0f} img/s")
-    final = trainer.evaluate(test, desc="test")
-    print(f"test loss {final['loss']:.4f}  test accuracy {final['accuracy']:.4f}")
-
-    result = {
+    config = {
         "command": " ".join([Path(__file__).name] + (list(argv) if argv is not None
                                                       else sys.argv[1:])),
         "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
@@ -167,22 +157,10 @@ def main(argv: list[str] | None = None) -> dict:
         "label_smoothing": args.label_smoothing, "width": args.width,
         "augment": args.augment, "seed": args.seed, "limit": args.limit,
         "test_limit": args.test_limit, "test_images": len(x_test),
-        "test_loss": final["loss"], "test_accuracy": final["accuracy"],
-        "train_seconds_this_run": wall,
-        "train_seconds_total": float(sum(r["time"] for r in history.epochs)),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.python_version()}",
-        "device": args.device, "amp": args.amp, "numpy": np.__version__,
+        "device": args.device, "amp": args.amp,
     }
-    atomic_write_text(out / "result.json", json.dumps(result, indent=1))
-    try:
-        from minidl import plot
-    except ImportError:
-        print("matplotlib not installed: skipping plots (pip install 'minidl[plot]')")
-    else:
-        y_pred = trainer.predict(test).argmax(axis=1)
-        plot.save_training_report(out, history, y_test, y_pred, CIFAR10_CLASSES, x_test)
-        print(f"plots written to {out}/")
-    return result
+    return report_run(trainer, history, test, out, config, wall, CIFAR10_CLASSES, x_test,
+                      y_test)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,7 @@ as an uninterrupted run with the same seed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,7 +30,7 @@ from minidl import nn, optim
 from minidl.data import FASHION_MNIST_CLASSES, DataLoader, load_fashion_mnist
 from minidl.data import transforms as T
 from minidl.models import seed_cnn
-from minidl.train import ModelCheckpoint, PrintEpoch, Trainer, atomic_write_text
+from minidl.train import ModelCheckpoint, PrintEpoch, Trainer, report_run
 
 # Mean and standard deviation of the Fashion-MNIST training pixels (scaled to [0, 1]).
 MEAN = (0.2860,)
@@ -105,37 +103,17 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     history = trainer.fit(train, epochs=args.epochs, validation=test)
     wall = time.perf_counter() - start
-    history.save(out)
-    for row in history.epochs:
-        print(f"epoch {row['epoch']:3d}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
-              f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  "
-              f"{row['time']:.1f}s  {row['images_per_s']:.0f} img/s")
-    final = trainer.evaluate(test, desc="test")
-    print(f"test loss {final['loss']:.4f}  test accuracy {final['accuracy']:.4f}")
-
-    result = {
+    config = {
         "command": " ".join([Path(__file__).name] + (list(argv) if argv is not None
                                                       else sys.argv[1:])),
         "model": "seed_cnn(in_channels=1, image_size=28)", "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr, "augment": args.augment,
         "seed": args.seed, "limit": args.limit, "test_limit": args.test_limit,
         "train_images": len(x_train), "test_images": len(x_test),
-        "test_loss": final["loss"], "test_accuracy": final["accuracy"],
-        "train_seconds_this_run": wall,
-        "train_seconds_total": float(sum(r["time"] for r in history.epochs)),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.python_version()}",
-        "device": args.device, "numpy": np.__version__,
+        "device": args.device,
     }
-    atomic_write_text(out / "result.json", json.dumps(result, indent=1))
-    try:
-        from minidl import plot
-    except ImportError:
-        print("matplotlib not installed: skipping plots (pip install 'minidl[plot]')")
-    else:
-        y_pred = trainer.predict(test).argmax(axis=1)
-        plot.save_training_report(out, history, y_test, y_pred, FASHION_MNIST_CLASSES, x_test)
-        print(f"plots written to {out}/")
-    return result
+    return report_run(trainer, history, test, out, config, wall, FASHION_MNIST_CLASSES, x_test,
+                      y_test)
 
 
 if __name__ == "__main__":

@@ -707,3 +707,57 @@ def predict(model: Any, loader: Any, batch_size: int = 256) -> np.ndarray:
     if not outs:
         raise ValueError(f"predict: the loader produced no batches (loader: {loader!r})")
     return np.concatenate(outs)
+
+
+def report_run(trainer: Trainer, history: History, test: Any, out: str | os.PathLike,
+               config: dict, wall_seconds: float, classes: Sequence[str] | None = None,
+               images: Any = None, labels: Any = None) -> dict:
+    """Finish a training run the way the examples do: print the epoch table, evaluate on
+    ``test``, write ``history.json``/``.csv``, ``result.json`` (``config`` plus the test
+    metrics, times and machine) and, when matplotlib is installed, the plots.
+
+    Args:
+        trainer: the trainer that ran ``fit``.
+        history: what ``fit`` returned.
+        test: the test loader.
+        out: the run's folder.
+        config: what to record about the run (command, model, hyperparameters, seed...).
+        wall_seconds: wall time of this process's ``fit``.
+        classes: class names, for the plots.
+        images: uint8 test images ``(N, C, H, W)`` for the prediction grid.
+        labels: the test labels, for the confusion matrix.
+
+    Returns:
+        The ``result.json`` contents.
+    """
+    import platform
+
+    out = Path(out)
+    history.save(out)
+    for row in history.epochs:
+        line = (f"epoch {row['epoch']:3d}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  ")
+        if "val_loss" in row:
+            line += f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  "
+        print(line + f"{row['time']:.1f}s  {row['images_per_s']:.0f} img/s")
+    final = trainer.evaluate(test, desc="test")
+    print(f"test loss {final['loss']:.4f}  test accuracy {final['accuracy']:.4f}")
+    result = dict(config)
+    result.update({
+        "test_loss": final["loss"], "test_accuracy": final["accuracy"],
+        "train_seconds_this_run": wall_seconds,
+        "train_seconds_total": float(sum(r["time"] for r in history.epochs)),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.python_version()}",
+        "numpy": np.__version__,
+    })
+    atomic_write_text(out / "result.json", json.dumps(result, indent=1))
+    if classes is None or labels is None:
+        return result
+    try:
+        from minidl import plot
+    except ImportError:
+        print("matplotlib not installed: skipping plots (pip install 'minidl[plot]')")
+    else:
+        y_pred = trainer.predict(test).argmax(axis=1)
+        plot.save_training_report(out, history, labels, y_pred, classes, images)
+        print(f"plots written to {out}/")
+    return result
