@@ -129,8 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     model.summary((1, 3, 32, 32))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     trainer = Trainer(model, optimizer, loss_fn, scheduler=scheduler, scheduler_per="batch",
-                      callbacks=[ModelCheckpoint(out)] + ([PrintEpoch()] if args.no_progress
-                                                          else []),
+                      callbacks=[ModelCheckpoint(out), PrintEpoch()],
                       progress=not args.no_progress,
                       log_every=20, mixed_precision="float16" if args.amp else None)
     if args.resume:

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = seed_cnn(num_classes=10, in_channels=1, image_size=28).to(args.device)
     model.summary((1, 1, 28, 28))
     optimizer = optim.Adam(model.parameters(), lr=args.lr)
-    callbacks = [ModelCheckpoint(out)] + ([PrintEpoch()] if args.no_progress else [])
+    callbacks = [ModelCheckpoint(out), PrintEpoch()]
     trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), callbacks=callbacks,
                       progress=not args.no_progress, log_every=20)
     if args.resume:

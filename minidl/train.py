@@ -712,8 +712,8 @@ def predict(model: Any, loader: Any, batch_size: int = 256) -> np.ndarray:
 def report_run(trainer: Trainer, history: History, test: Any, out: str | os.PathLike,
                config: dict, wall_seconds: float, classes: Sequence[str] | None = None,
                images: Any = None, labels: Any = None) -> dict:
-    """Finish a training run the way the examples do: print the epoch table, evaluate on
-    ``test``, write ``history.json``/``.csv``, ``result.json`` (``config`` plus the test
+    """Finish a training run the way the examples do: evaluate on ``test``, write
+    ``history.json``/``.csv``, ``result.json`` (``config`` plus the test
     metrics, times and machine) and, when matplotlib is installed, the plots.
 
     Args:
@@ -734,11 +734,6 @@ def report_run(trainer: Trainer, history: History, test: Any, out: str | os.Path
 
     out = Path(out)
     history.save(out)
-    for row in history.epochs:
-        line = (f"epoch {row['epoch']:3d}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  ")
-        if "val_loss" in row:
-            line += f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  "
-        print(line + f"{row['time']:.1f}s  {row['images_per_s']:.0f} img/s")
     final = trainer.evaluate(test, desc="test")
     print(f"test loss {final['loss']:.4f}  test accuracy {final['accuracy']:.4f}")
     result = dict(config)
