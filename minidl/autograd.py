@@ -166,7 +166,9 @@ class Function:
         for t in inputs:
             if not isinstance(t, Tensor):
                 raise TypeError(f"{self.name}: expected Tensor inputs, got {type(t).__name__}")
-        if len(inputs) > 1:
+        # NumPy arrays all live on the CPU: only compare devices when another array type
+        # (CuPy) is involved, which keeps this check off the hot path of CPU training.
+        if len(inputs) > 1 and not all(type(t.data) is np.ndarray for t in inputs):
             dev = inputs[0].device
             for t in inputs[1:]:
                 if t.device != dev:

@@ -84,8 +84,12 @@ def test_erf_matches_math_and_keeps_dtype(dtype) -> None:
 
 def test_ops_refuse_to_mix_devices(monkeypatch) -> None:
     """No GPU in CI: pretend one array lives on cuda:0 and check the op-level device check."""
+    class FakeDeviceArray(np.ndarray):
+        """Stands in for a CuPy array: another array type, so the device check runs."""
+
     a = minidl.ones(2, requires_grad=True)
     b = minidl.ones(2)
+    b.data = b.data.view(FakeDeviceArray)
     fake = id(b.data)
     real = backend.device_of
     monkeypatch.setattr(backend, "device_of",
