@@ -32,6 +32,7 @@ refused with a clear error.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,12 +40,20 @@ import numpy as np
 
 from minidl.autograd import Tensor
 
-_state: dict[str, Any] = {"dtype": None}
+
+class _AutocastState(threading.local):
+    """Per-thread autocast dtype, as in PyTorch: an ``autocast`` block in one thread leaves
+    the ops of the others in full precision."""
+
+    dtype: np.dtype | None = None  # the class attribute is every thread's default
+
+
+_state = _AutocastState()
 
 
 def autocast_dtype() -> np.dtype | None:
     """The low-precision dtype of the active ``autocast`` block, or None outside one."""
-    return _state["dtype"]
+    return _state.dtype
 
 
 class autocast:  # noqa: N801 - a context manager named like PyTorch's
@@ -73,12 +82,12 @@ class autocast:  # noqa: N801 - a context manager named like PyTorch's
         self._prev: list[Any] = []
 
     def __enter__(self) -> autocast:
-        self._prev.append(_state["dtype"])
-        _state["dtype"] = self.dtype
+        self._prev.append(_state.dtype)
+        _state.dtype = self.dtype
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _state["dtype"] = self._prev.pop()
+        _state.dtype = self._prev.pop()
 
 
 def _cast_all(tensors: Sequence[Any], dtype: Any) -> list[Any]:
@@ -90,13 +99,13 @@ def _cast_all(tensors: Sequence[Any], dtype: Any) -> list[Any]:
 
 def lower(*tensors: Any) -> list[Any]:
     """Inside autocast: the float tensors cast to the half dtype (GEMM inputs); else as is."""
-    dt = _state["dtype"]
+    dt = _state.dtype
     return list(tensors) if dt is None else _cast_all(tensors, dt)
 
 
 def upper(*tensors: Any) -> list[Any]:
     """Inside autocast: half tensors cast to float32 (for precision-sensitive ops)."""
-    if _state["dtype"] is None:
+    if _state.dtype is None:
         return list(tensors)
     return _cast_all(tensors, np.float32)
 
@@ -147,9 +156,12 @@ class GradScaler:
         return cast(loss, np.float32) * self.scale_value
 
     def unscale_(self, optimizer: Any) -> bool:
-        """Divide every gradient by the scale in place; return True if any is inf/NaN.
+        """Divide every gradient by the scale; return True if any is inf/NaN.
 
-        One device-to-host read per step (the finiteness flag)."""
+        Each ``.grad`` is replaced by a new tensor rather than divided in place: after
+        ``backward(create_graph=True)`` one gradient array may be shared by several
+        parameters, or be a read-only broadcast view. One device-to-host read per step
+        (the finiteness flag)."""
         if not self.enabled:
             return False
         if self._found_inf is not None:
@@ -160,8 +172,8 @@ class GradScaler:
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                g = p.grad.data
-                g *= g.dtype.type(inv)
+                g = p.grad.data * p.grad.dtype.type(inv)
+                p.grad = Tensor._make(g, False)
                 finite = finite and bool(p.xp.isfinite(g).all())
         self._found_inf = not finite
         return self._found_inf

@@ -16,7 +16,9 @@ which gives higher-order gradients for free.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
+import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -32,8 +34,14 @@ _DEFAULT_FLOAT = np.float32
 # grad mode
 
 
-class _GradMode:
-    enabled = True
+class _GradMode(threading.local):
+    """Per-thread grad mode, as in PyTorch: a ``no_grad()`` block in one thread (say a
+    background evaluation) must not switch off recording in another."""
+
+    enabled = True  # the class attribute is every thread's default
+
+
+_grad_mode = _GradMode()
 
 
 def is_grad_enabled() -> bool:
@@ -46,7 +54,7 @@ def is_grad_enabled() -> bool:
     >>> minidl.is_grad_enabled()
     True
     """
-    return _GradMode.enabled
+    return _grad_mode.enabled
 
 
 class set_grad_enabled(contextlib.ContextDecorator):
@@ -65,11 +73,18 @@ class set_grad_enabled(contextlib.ContextDecorator):
         self._prev: list[bool] = []
 
     def __enter__(self) -> None:
-        self._prev.append(_GradMode.enabled)
-        _GradMode.enabled = self.mode
+        self._prev.append(_grad_mode.enabled)
+        _grad_mode.enabled = self.mode
 
     def __exit__(self, *exc: object) -> None:
-        _GradMode.enabled = self._prev.pop()
+        _grad_mode.enabled = self._prev.pop()
+
+    def _recreate_cm(self) -> set_grad_enabled:
+        # As a decorator, each call gets its own saved-mode stack: one shared by calls in
+        # several threads would hand one thread's mode back to another.
+        cm = copy.copy(self)
+        cm._prev = []
+        return cm
 
 
 class no_grad(set_grad_enabled):
@@ -176,7 +191,7 @@ class Function:
                         f"{self.name}: inputs are on different devices ({dev} and {t.device}); "
                         "move them with .to(device) first"
                     )
-        record = _GradMode.enabled and any(t.requires_grad for t in inputs)
+        record = _grad_mode.enabled and any(t.requires_grad for t in inputs)
         self.needs_input_grad = tuple(record and t.requires_grad for t in inputs)
         out = self.forward(*[t.data for t in inputs])
         single = not isinstance(out, tuple)
@@ -782,7 +797,13 @@ def tensor(
     if isinstance(data, (xp.ndarray, np.generic)):
         arr = xp.array(data, dtype=dtype, copy=True)
     else:
-        arr = np.array(data, dtype=dtype)
+        try:
+            arr = np.array(data, dtype=dtype)
+        except ValueError as exc:
+            if "inhomogeneous" not in str(exc):
+                raise
+            raise ValueError("tensor(): ragged nested sequence; the lists at each nesting "
+                             f"level must all have the same length (NumPy: {exc})") from None
         if dtype is None and arr.dtype == np.float64:
             arr = arr.astype(_DEFAULT_FLOAT)
         elif dtype is None and arr.dtype.kind in "iu":
@@ -800,8 +821,13 @@ def _factory(fill: Callable[..., Any]) -> Callable[..., Tensor]:
              requires_grad: bool = False) -> Tensor:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        xp = Device(device).xp
-        return Tensor(fill(xp, shape, np.dtype(dtype)), requires_grad=requires_grad)
+        dev = Device(device)
+        if dev.type == "cpu":
+            arr = fill(np, shape, np.dtype(dtype))
+        else:  # allocate on the requested GPU, not on CuPy's current one
+            with backend.device_scope(dev):
+                arr = fill(dev.xp, shape, np.dtype(dtype))
+        return Tensor(arr, requires_grad=requires_grad)
 
     return make
 

@@ -7,6 +7,7 @@ lazily, the first time a CUDA device is asked for.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from types import ModuleType
 from typing import Any
@@ -152,6 +153,19 @@ def to_device(array: Any, device: str | Device) -> Any:
         if _is_cupy_array(array) and array.device.id == device.index:
             return array
         return cp.asarray(array)
+
+
+def device_scope(device: str | Device) -> contextlib.AbstractContextManager:
+    """A ``with`` block in which new CuPy arrays are allocated on ``device`` (a no-op for
+    the CPU): ``cupy.zeros`` otherwise lands on CuPy's *current* GPU, whatever the index.
+
+    >>> with device_scope("cpu"):
+    ...     pass
+    """
+    device = Device(device)
+    if device.type == "cpu":
+        return contextlib.nullcontext()
+    return _import_cupy().cuda.Device(device.index)
 
 
 def to_numpy(array: Any) -> np.ndarray:

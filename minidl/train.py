@@ -580,7 +580,8 @@ class Trainer:
             raise FloatingPointError(
                 f"fit: the training loss became {losses[k]} at epoch {epoch}, batch "
                 f"{bad_step}{of}; training diverged. Lower the learning rate{lr}, clip the "
-                "gradients (optim.clip_grad_norm_), or check the inputs for NaN/inf")
+                "gradients (optim.clip_grad_norm_), or check the inputs for NaN/inf (on the "
+                "GPU, an integer label outside [0, C) also gives a NaN loss)")
         return float((losses * counts).sum()), int(counts.sum())
 
     def _train_epoch(self, loader: Any, epoch: int, epochs: int) -> dict:

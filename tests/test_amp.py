@@ -109,3 +109,48 @@ def test_trainer_mixed_precision_option(tmp_path):
                     mixed_precision="float16")
     other.load_checkpoint(tmp_path / "c.npz")
     assert other.scaler.state_dict() == trainer.scaler.state_dict()
+
+
+def test_grad_scaler_unscale_replaces_shared_or_readonly_grads():
+    # After backward(create_graph=True) the gradient of a + b is one array handed to both
+    # a and b: dividing it in place would unscale it twice.
+    a = nn.Parameter(minidl.tensor([1.0, 2.0]))
+    b = nn.Parameter(minidl.tensor([3.0, 4.0]))
+    c = minidl.tensor([5.0, 7.0])
+    scaler = GradScaler(init_scale=4.0)
+    scaler.scale(((a + b) * c).sum()).backward(create_graph=True)
+    assert not scaler.unscale_(optim.SGD([a, b], lr=0.1))
+    np.testing.assert_array_equal(a.grad.numpy(), [5.0, 7.0])
+    np.testing.assert_array_equal(b.grad.numpy(), [5.0, 7.0])
+    # p.sum()'s gradient is a read-only broadcast view of the scale
+    p = nn.Parameter(minidl.tensor([1.0, 2.0, 3.0]))
+    scaler = GradScaler(init_scale=8.0)
+    scaler.scale(p.sum()).backward(create_graph=True)
+    assert scaler.step(optim.SGD([p], lr=0.5))
+    np.testing.assert_array_equal(p.grad.numpy(), [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(p.detach().numpy(), [0.5, 1.5, 2.5])
+
+
+def test_autocast_is_thread_local():
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+    seen = []
+
+    def worker():
+        with autocast("float16"):
+            entered.set()
+            release.wait(5)
+            seen.append(minidl.amp.autocast_dtype())
+
+    t = threading.Thread(target=worker)
+    t.start()
+    try:
+        assert entered.wait(5)
+        assert minidl.amp.autocast_dtype() is None
+        w = minidl.randn(3, 4)
+        assert F.linear(minidl.randn(2, 4), w).dtype == np.float32
+    finally:
+        release.set()
+        t.join(5)
+    assert seen == [np.float16]

@@ -515,3 +515,73 @@ def test_leaf_grads_own_writable_memory() -> None:
     b = minidl.ones(2, requires_grad=True)
     (a + b).sum().backward()  # add hands the same gradient array to both inputs
     assert not np.shares_memory(a.grad.data, b.grad.data)
+
+
+def test_grad_mode_is_thread_local() -> None:
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+    seen = []
+
+    @minidl.no_grad()
+    def background() -> None:  # one decorator instance, entered from another thread
+        entered.set()
+        release.wait(5)
+        seen.append(minidl.is_grad_enabled())
+
+    t = threading.Thread(target=background)
+    t.start()
+    try:
+        assert entered.wait(5)
+        assert minidl.is_grad_enabled()
+        x = minidl.tensor([1.0], requires_grad=True)
+        assert (x * 2).requires_grad
+        background()  # the same decorated function, in this thread, meanwhile
+        assert minidl.is_grad_enabled()
+    finally:
+        release.set()
+        t.join(5)
+    assert seen == [False, False] and minidl.is_grad_enabled()
+
+
+def test_tensor_ragged_and_int_negative_power_errors() -> None:
+    with pytest.raises(ValueError, match=r"tensor\(\): ragged nested sequence"):
+        minidl.tensor([[1, 2], [3]])
+    with pytest.raises(ValueError, match="^pow: .*negative integer powers"):
+        minidl.tensor([2, 3]) ** -1
+
+
+class _FakeCuda:
+    """Stands in for CuPy: records which GPU is current when an array is allocated."""
+
+    current = 0
+    allocations: list = []
+
+    class Device:
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        def __enter__(self) -> None:
+            self.prev, _FakeCuda.current = _FakeCuda.current, self.index
+
+        def __exit__(self, *exc: object) -> None:
+            _FakeCuda.current = self.prev
+
+
+def test_zeros_ones_allocate_on_the_requested_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from minidl import backend
+
+    def alloc(fill):
+        def make(shape, dtype):
+            _FakeCuda.allocations.append(_FakeCuda.current)
+            return fill(shape, dtype=dtype)
+        return make
+
+    fake = types.SimpleNamespace(cuda=_FakeCuda, zeros=alloc(np.zeros), ones=alloc(np.ones))
+    monkeypatch.setattr(backend, "_cupy", fake)
+    monkeypatch.setattr(_FakeCuda, "allocations", [])
+    assert minidl.zeros(2, 3, device="cuda:1").shape == (2, 3)
+    assert minidl.ones(4, device="cuda:2").tolist() == [1.0] * 4
+    assert _FakeCuda.allocations == [1, 2] and _FakeCuda.current == 0

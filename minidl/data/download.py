@@ -21,6 +21,8 @@ import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath
 
+from minidl._fileio import _fsync_dir
+
 from ._util import DataFormatError, default_permissions, replace_dir
 
 
@@ -57,6 +59,12 @@ def _progress_bar(total: int | None, initial: int, desc: str, enabled: bool):
         return None
     return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
                 desc=desc, leave=False)
+
+
+def _publish(part: Path, path: Path) -> None:
+    """Rename the finished (already fsynced) ``part`` to ``path`` and make the rename durable."""
+    os.replace(part, path)
+    _fsync_dir(path.parent)
 
 
 def download_url(
@@ -120,7 +128,9 @@ def download_url(
                 # Nothing left to send: the .part may already be complete; check it below,
                 # else start over.
                 if md5 is None or _md5_of_file(part).hexdigest() == md5.lower():
-                    os.replace(part, path)
+                    with open(part, "rb+") as f:  # written by an earlier call, maybe unsynced
+                        os.fsync(f.fileno())
+                    _publish(part, path)
                     return path
                 part.unlink()
                 continue
@@ -158,6 +168,10 @@ def download_url(
                         received += len(chunk)
                         if bar is not None:
                             bar.update(len(chunk))
+                    # on disk before the rename below, so a crash never leaves a file under
+                    # the final name whose data was lost
+                    f.flush()
+                    os.fsync(f.fileno())
             finally:
                 if bar is not None:
                     bar.close()
@@ -173,7 +187,7 @@ def download_url(
                 f"download_url: MD5 mismatch for {url}: expected {md5.lower()}, got {got}; "
                 "the corrupt download was deleted, try again (or check the URL)"
             )
-        os.replace(part, path)
+        _publish(part, path)
         return path
     raise DownloadError(f"download_url: could not resume {url}; delete {part} and retry")
 

@@ -16,6 +16,7 @@ from minidl import amp, backend
 from minidl.autograd import Function, Tensor, is_grad_enabled
 from minidl.functional.math import _mask, erf, exp
 from minidl.functional.reduce import sum as _sum
+from minidl.functional.shape import _axis_or_dim
 from minidl.kernels.elementwise import relu_backward
 
 
@@ -166,30 +167,42 @@ def gelu(x: Tensor) -> Tensor:
     return x * (erf(x * (1.0 / math.sqrt(2.0))) + 1.0) * 0.5
 
 
-def _softmax_axis(x: Tensor, axis: int, op: str) -> int:
+def _softmax_axis(x: Tensor, axis: int | None, dim: int | None, op: str) -> int:
     _check_float(x, op)
+    axis = _axis_or_dim(axis, dim, op)
+    axis = -1 if axis is None else axis
     if x.ndim == 0 or not -x.ndim <= axis < x.ndim:
         raise ValueError(f"{op}: axis {axis} out of range for shape {x.shape}")
     return axis % x.ndim
 
 
-def softmax(x: Tensor, axis: int = -1) -> Tensor:
+def softmax(x: Tensor, axis: int | None = None, *, dim: int | None = None) -> Tensor:
     """``exp(x) / sum(exp(x))`` along ``axis``, shifted by the max for stability.
+
+    Args:
+        x: a floating-point tensor.
+        axis: the axis to normalize along (default -1, the last).
+        dim: PyTorch's name for ``axis`` (keyword only; give one or the other).
 
     >>> import minidl
     >>> minidl.functional.softmax(minidl.tensor([0.0, 0.0])).tolist()
     [0.5, 0.5]
     """
     (x,) = amp.upper(x)  # float32 inside autocast
-    return Softmax.apply(x, axis=_softmax_axis(x, axis, "softmax"))
+    return Softmax.apply(x, axis=_softmax_axis(x, axis, dim, "softmax"))
 
 
-def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+def log_softmax(x: Tensor, axis: int | None = None, *, dim: int | None = None) -> Tensor:
     """``log(softmax(x))`` computed stably as ``x - logsumexp(x)``.
+
+    Args:
+        x: a floating-point tensor.
+        axis: the axis to normalize along (default -1, the last).
+        dim: PyTorch's name for ``axis`` (keyword only; give one or the other).
 
     >>> import minidl
     >>> minidl.functional.log_softmax(minidl.tensor([0.0, 0.0])).exp().tolist()
     [0.5, 0.5]
     """
     (x,) = amp.upper(x)  # float32 inside autocast
-    return LogSoftmax.apply(x, axis=_softmax_axis(x, axis, "log_softmax"))
+    return LogSoftmax.apply(x, axis=_softmax_axis(x, axis, dim, "log_softmax"))

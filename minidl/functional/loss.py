@@ -26,20 +26,32 @@ class SoftmaxCrossEntropy(Function):
 
     Inputs: logits ``x (N, C)`` and, for probability targets, ``q (N, C)``; integer
     ``labels (N,)`` (an option) stand for ``q = (1 - s) one_hot + s / C``, s the smoothing.
+    With ``nan_bad_labels`` (set on the GPU, where checking the range would cost a host
+    sync), a row whose label is outside ``[0, C)`` gets a NaN loss and NaN gradients.
 
     Backward: ``gx = (softmax(x) * sum_j q_ij - q) * gy[:, None]`` (N, C) and
     ``gq = -log_softmax(x) * gy[:, None]`` (N, C).
     """
+
+    nan_bad_labels = False
 
     def forward(self, x: Any, q: Any = None) -> Any:
         xp = backend.get_array_module(x)
         z = x - x.max(axis=1, keepdims=True)
         logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
         n, c = x.shape
+        self.bad = None
         if q is None:  # integer labels, possibly smoothed
+            if self.nan_bad_labels:
+                # GPU indexing does not check bounds: clip so that it stays in bounds, and
+                # mark the out-of-range rows to turn their loss into NaN
+                self.bad = (self.labels < 0) | (self.labels >= c)
+                self.labels = xp.clip(self.labels, 0, c - 1)
             picked = logp[xp.arange(n), self.labels]
             s = self.smoothing
             loss = -(1.0 - s) * picked - (s / c) * logp.sum(axis=1) if s else -picked
+            if self.bad is not None:
+                loss = xp.where(self.bad, xp.nan, loss)
         else:
             loss = -(q * logp).sum(axis=1)
         return loss.astype(x.dtype, copy=False)
@@ -54,6 +66,8 @@ class SoftmaxCrossEntropy(Function):
         s = self.smoothing
         qa = xp.full((n, c), s / c, dtype=like.dtype)
         qa[xp.arange(n), self.labels] += like.dtype.type(1.0 - s)
+        if self.bad is not None:  # out-of-range labels: NaN gradients too
+            qa = xp.where(self.bad[:, None], like.dtype.type(np.nan), qa)
         return Tensor._make(qa, False), 1.0
 
     def backward(self, gy: Tensor) -> tuple:
@@ -86,6 +100,11 @@ def softmax_cross_entropy(
         reduction: ``"mean"`` over the batch, ``"sum"``, or ``"none"`` for ``(N,)`` losses.
         label_smoothing: ``s`` in ``[0, 1)``; integer labels become ``(1 - s) one_hot + s/C``.
 
+    Raises:
+        ValueError: on the CPU, for an integer label outside ``[0, C)``. On the GPU that
+            check would cost a device-to-host sync each step, so instead such a label gives
+            its row a NaN loss (and NaN gradients), which ``Trainer`` reports.
+
     >>> import minidl
     >>> logits = minidl.tensor([[2.0, 0.0, 0.0]])
     >>> round(minidl.functional.softmax_cross_entropy(logits, minidl.tensor([0])).item(), 4)
@@ -108,10 +127,12 @@ def softmax_cross_entropy(
     if t.dtype.kind in "iu":
         if t.shape != (n,):
             raise ValueError(f"{op}: integer labels must have shape ({n},), got {t.shape}")
-        if backend.get_array_module(t) is np and n and (t.min() < 0 or t.max() >= c):
+        on_host = backend.get_array_module(t) is np
+        if on_host and n and (t.min() < 0 or t.max() >= c):
             bad = int(t.min() if t.min() < 0 else t.max())
             raise ValueError(f"{op}: label {bad} is out of range for {c} classes")
-        loss = SoftmaxCrossEntropy.apply(logits, labels=t, smoothing=float(label_smoothing))
+        loss = SoftmaxCrossEntropy.apply(logits, labels=t, smoothing=float(label_smoothing),
+                                         nan_bad_labels=not on_host)
     elif t.dtype.kind == "f":
         if t.shape != (n, c):
             raise ValueError(f"{op}: probability targets must have shape ({n}, {c}), got "

@@ -55,6 +55,8 @@ def _operands(a: Any, b: Any, op: str) -> tuple[Tensor, Tensor]:
         raise TypeError(f"{op}: expected at least one Tensor operand")
     t, other = (a, b) if ta else (b, a)
     other_dt = (other.dtype if _is_array_like(other) else np.asarray(other).dtype)
+    if other_dt.kind not in "biuf":  # None, strings, objects: no silent NaN or NumPy error
+        raise TypeError(f"{op}: unsupported operand of type {type(other).__name__}")
     if _is_float(t.dtype) or other_dt.kind == "b":
         dt = t.dtype
     elif other_dt.kind in "iu":
@@ -75,7 +77,7 @@ def _apply_binary(fn: type[Function], a: Tensor, b: Tensor, op: str, **options: 
     """Run a broadcasting op; NumPy's broadcast error is reworded to name the op."""
     try:
         return fn.apply(a, b, **options)
-    except ValueError:
+    except ValueError as exc:
         shapes = [a.shape, b.shape]
         if "cond" in options:
             shapes.insert(0, tuple(options["cond"].shape))
@@ -84,7 +86,8 @@ def _apply_binary(fn: type[Function], a: Tensor, b: Tensor, op: str, **options: 
         except ValueError:
             names = " and ".join(str(s) for s in shapes)
             raise ValueError(f"{op}: shapes {names} cannot be broadcast together") from None
-        raise  # some other complaint from NumPy (e.g. int ** negative int)
+        # some other complaint from NumPy (e.g. int ** negative int): name the op
+        raise ValueError(f"{op}: {exc}") from exc
 
 
 def _scalar_like(value: float, like: Tensor) -> Tensor:

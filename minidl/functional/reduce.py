@@ -14,6 +14,7 @@ import numpy as np
 
 from minidl.autograd import Function, Tensor
 from minidl.functional.math import _mask, broadcast_to, cast
+from minidl.functional.shape import _axis_or_dim
 
 Axis = int | tuple[int, ...] | None
 
@@ -77,23 +78,40 @@ class Extreme(Function):
         return broadcast_to(gy, x.shape) * _mask(self.weight, gy)
 
 
-def sum(x: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+def sum(x: Tensor, axis: Axis = None, keepdims: bool = False, *,  # noqa: A001
+        dim: Axis = None) -> Tensor:
     """Sum over ``axis`` (all axes by default).
+
+    Args:
+        x: the input tensor.
+        axis: an axis or tuple of axes to reduce (negative counts from the end); None (the
+            default) reduces all of them.
+        keepdims: keep the reduced axes with size 1.
+        dim: PyTorch's name for ``axis`` (keyword only; give one or the other).
 
     >>> import minidl
     >>> minidl.functional.sum(minidl.tensor([[1.0, 2.0], [3.0, 4.0]]), axis=0).tolist()
     [4.0, 6.0]
     """
+    axis = _axis_or_dim(axis, dim, "sum")
     return Sum.apply(x, axes=_norm_axis(axis, x.ndim, "sum"), keepdims=keepdims)
 
 
-def mean(x: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:
+def mean(x: Tensor, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None) -> Tensor:
     """Arithmetic mean over ``axis`` (integers are averaged in the default float type).
+
+    Args:
+        x: the input tensor.
+        axis: an axis or tuple of axes to reduce (negative counts from the end); None (the
+            default) reduces all of them.
+        keepdims: keep the reduced axes with size 1.
+        dim: PyTorch's name for ``axis`` (keyword only; give one or the other).
 
     >>> import minidl
     >>> minidl.functional.mean(minidl.tensor([1.0, 2.0, 3.0])).item()
     2.0
     """
+    axis = _axis_or_dim(axis, dim, "mean")
     axes = _norm_axis(axis, x.ndim, "mean")
     if x.dtype.kind not in "fc":
         x = cast(x, np.float32)
@@ -110,32 +128,54 @@ def _extreme(x: Tensor, axis: Axis, keepdims: bool, largest: bool, op: str) -> T
     return Extreme.apply(x, axes=axes, keepdims=keepdims, largest=largest)
 
 
-def max(x: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+def max(x: Tensor, axis: Axis = None, keepdims: bool = False, *,  # noqa: A001
+        dim: Axis = None) -> Tensor:
     """Maximum over ``axis``; tied maxima share the gradient equally.
+
+    Args:
+        x: the input tensor.
+        axis: an axis or tuple of axes to reduce (negative counts from the end); None (the
+            default) reduces all of them.
+        keepdims: keep the reduced axes with size 1.
+        dim: PyTorch's name for ``axis`` (keyword only; give one or the other).
 
     >>> import minidl
     >>> minidl.functional.max(minidl.tensor([[1.0, 5.0], [7.0, 2.0]]), axis=1).tolist()
     [5.0, 7.0]
     """
-    return _extreme(x, axis, keepdims, True, "max")
+    return _extreme(x, _axis_or_dim(axis, dim, "max"), keepdims, True, "max")
 
 
-def min(x: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+def min(x: Tensor, axis: Axis = None, keepdims: bool = False, *,  # noqa: A001
+        dim: Axis = None) -> Tensor:
     """Minimum over ``axis``; tied minima share the gradient equally.
+
+    Args:
+        x: the input tensor.
+        axis: an axis or tuple of axes to reduce (negative counts from the end); None (the
+            default) reduces all of them.
+        keepdims: keep the reduced axes with size 1.
+        dim: PyTorch's name for ``axis`` (keyword only; give one or the other).
 
     >>> import minidl
     >>> x = minidl.tensor([1.0, 1.0, 3.0], requires_grad=True)
     >>> minidl.functional.min(x).backward(); x.grad.tolist()
     [0.5, 0.5, 0.0]
     """
-    return _extreme(x, axis, keepdims, False, "min")
+    return _extreme(x, _axis_or_dim(axis, dim, "min"), keepdims, False, "min")
 
 
-def argmax(x: Tensor, axis: int | None = None) -> Tensor:
+def argmax(x: Tensor, axis: int | None = None, *, dim: int | None = None) -> Tensor:
     """Index of the maximum along ``axis`` (int64, not differentiable).
+
+    Args:
+        x: the input tensor.
+        axis: the axis to search; None (the default) searches the flattened tensor.
+        dim: PyTorch's name for ``axis`` (keyword only; give one or the other).
 
     >>> import minidl
     >>> minidl.functional.argmax(minidl.tensor([[1.0, 5.0], [7.0, 2.0]]), axis=1).tolist()
     [1, 0]
     """
+    axis = _axis_or_dim(axis, dim, "argmax")
     return Tensor(x.data.argmax(axis=axis).astype(np.int64))

@@ -23,6 +23,17 @@ def _shape_arg(shape: tuple) -> tuple:
     return tuple(shape)
 
 
+def _axis_or_dim(axis: Any, dim: Any, op: str) -> Any:
+    """Resolve PyTorch's keyword ``dim=`` spelling of ``axis=`` (giving both is an error).
+
+    Ops that take it default ``axis`` to None and document their effective default."""
+    if dim is None:
+        return axis
+    if axis is not None:
+        raise TypeError(f"{op}: got both axis={axis!r} and dim={dim!r}; pass only one")
+    return dim
+
+
 class Reshape(Function):
     """``y = x.reshape(shape)``, same size; backward ``gx = reshape(gy, x.shape)``."""
 
@@ -108,6 +119,10 @@ def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     >>> minidl.functional.flatten(minidl.ones(2, 3, 4), 1).shape
     (2, 12)
     """
+    for name, d in (("start_dim", start_dim), ("end_dim", end_dim)):
+        # a 0-d tensor accepts -1 and 0 (and becomes 1-d), as in PyTorch
+        if not -max(x.ndim, 1) <= d < max(x.ndim, 1):
+            raise ValueError(f"flatten: {name} {d} is out of range for shape {x.shape}")
     if x.ndim == 0:
         return reshape(x, 1)
     s, e = start_dim % x.ndim, end_dim % x.ndim
@@ -249,19 +264,30 @@ class Concatenate(Function):
         return tuple(grads)
 
 
-def concatenate(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+def concatenate(tensors: Sequence[Tensor], axis: int | None = None, *,
+                dim: int | None = None) -> Tensor:
     """Join tensors along an existing axis.
+
+    Args:
+        tensors: tensors of one dtype whose shapes agree except along ``axis``.
+        axis: the axis to join along (default 0); negative counts from the end.
+        dim: PyTorch's name for ``axis`` (keyword only; give one or the other).
 
     >>> import minidl
     >>> minidl.functional.concatenate([minidl.ones(2, 3), minidl.ones(1, 3)]).shape
     (3, 3)
     """
+    axis = _axis_or_dim(axis, dim, "concatenate")
+    axis = 0 if axis is None else axis
     tensors = list(tensors)
     if not tensors:
         raise ValueError("concatenate: expected at least one tensor")
     ref = tensors[0]
     if ref.ndim == 0:
         raise ValueError("concatenate: zero-dimensional tensors cannot be concatenated")
+    if not -ref.ndim <= axis < ref.ndim:
+        raise ValueError(f"concatenate: axis {axis} is out of range for tensor 0's shape "
+                         f"{ref.shape}")
     axis = axis % ref.ndim
     for i, t in enumerate(tensors):
         if t.ndim != ref.ndim or t.shape[:axis] + t.shape[axis + 1:] != (
@@ -274,13 +300,22 @@ def concatenate(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     return Concatenate.apply(*tensors, axis=axis)
 
 
-def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+def stack(tensors: Sequence[Tensor], axis: int | None = None, *,
+          dim: int | None = None) -> Tensor:
     """Join same-shaped tensors along a new axis.
+
+    Args:
+        tensors: tensors of one shape and dtype.
+        axis: the position of the new axis in the result (default 0), in
+            ``-(ndim + 1)..ndim`` for inputs of ``ndim`` dims.
+        dim: PyTorch's name for ``axis`` (keyword only; give one or the other).
 
     >>> import minidl
     >>> minidl.functional.stack([minidl.ones(2), minidl.ones(2)]).shape
     (2, 2)
     """
+    axis = _axis_or_dim(axis, dim, "stack")
+    axis = 0 if axis is None else axis
     tensors = list(tensors)
     if not tensors:
         raise ValueError("stack: expected at least one tensor")
@@ -288,7 +323,11 @@ def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
         if t.shape != tensors[0].shape:
             raise ValueError(f"stack: tensor {i} has shape {t.shape}, tensor 0 has "
                              f"{tensors[0].shape}")
-    axis = axis % (tensors[0].ndim + 1)
+    ndim = tensors[0].ndim
+    if not -(ndim + 1) <= axis <= ndim:
+        raise ValueError(f"stack: axis {axis} is out of range for stacking tensors of shape "
+                         f"{tensors[0].shape} (expected {-(ndim + 1)}..{ndim})")
+    axis = axis % (ndim + 1)
     return concatenate([unsqueeze(t, axis) for t in tensors], axis=axis)
 
 

@@ -87,16 +87,19 @@ class ModuleList(Module):
         for m in modules or ():
             self.append(m)
 
+    def _index(self, idx: int) -> str:
+        n = len(self)
+        if not -n <= idx < n:
+            raise IndexError(f"ModuleList: index {idx} is out of range for {n} modules")
+        return str(idx % n)
+
     def __getitem__(self, idx: int | slice) -> Any:
         if isinstance(idx, slice):
             return ModuleList(list(self._modules.values())[idx])
-        n = len(self)
-        if not -n <= idx < n:
-            raise IndexError(f"ModuleList: index {idx} out of range for {n} modules")
-        return self._modules[str(idx % n)]
+        return self._modules[self._index(idx)]
 
     def __setitem__(self, idx: int, module: Module) -> None:
-        self.add_module(str(idx % len(self)), module)
+        self.add_module(self._index(idx), module)
 
     def __len__(self) -> int:
         return len(self._modules)

@@ -105,8 +105,14 @@ class Module:
                 raise TypeError(f"{type(self).__name__}: buffer {name!r} must be a Tensor or "
                                 f"None, got {type(value).__name__}")
             d["_buffers"][name] = value
-        elif "_parameters" in d and name in d["_parameters"] and value is None:
+        elif "_parameters" in d and name in d["_parameters"]:
+            if value is not None:  # e.g. a plain Tensor: keep the parameter, as PyTorch does
+                raise TypeError(f"cannot assign {type(value).__name__!r} as parameter {name!r} "
+                                "(nn.Parameter or None expected)")
             d["_parameters"][name] = None
+        elif "_modules" in d and name in d["_modules"] and value is not None:
+            raise TypeError(f"cannot assign {type(value).__name__!r} as child module {name!r} "
+                            "(nn.Module or None expected)")
         else:
             if "_parameters" in d:
                 self._forget(name)

@@ -252,3 +252,30 @@ def test_extract_replaces_existing_folder(tmp_path):
     extract_archive(_tar_with(tmp_path, lambda t: _add_file(t, "top/new.txt", b"new")), dest)
     assert sorted(p.name for p in (dest / "top").iterdir()) == ["new.txt"]
     assert [p.name for p in dest.iterdir()] == ["top"]
+
+
+@pytest.mark.parametrize("resumed", [False, True], ids=["fresh", "complete-part-416"])
+def test_download_fsyncs_part_before_rename_and_folder_after(server, tmp_path, monkeypatch,
+                                                             resumed):
+    import os
+    import stat
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append("fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync-file")
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    if resumed:  # a finished .part from an earlier run: the server answers 416
+        (tmp_path / "f.bin.part").write_bytes(PAYLOAD)
+    download_url(_serve(server), tmp_path / "f.bin", PAYLOAD_MD5, progress=False)
+    assert (tmp_path / "f.bin").read_bytes() == PAYLOAD
+    k = events.index("replace")
+    assert "fsync-file" in events[:k] and "fsync-dir" in events[k + 1:]

@@ -141,3 +141,31 @@ def test_mse_errors() -> None:
         F.mse_loss(minidl.ones(2, 3), minidl.ones(3))
     with pytest.raises(ValueError, match="mse_loss: reduction must be one of"):
         F.mse_loss(minidl.ones(2), minidl.ones(2), reduction="mean ")
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_ce_bad_labels_give_nan_without_a_host_check(smoothing: float) -> None:
+    # The path the GPU takes (no device-to-host range check), exercised with NumPy arrays.
+    from minidl.functional.loss import SoftmaxCrossEntropy
+
+    x = minidl.randn(4, 3, requires_grad=True)
+    labels = np.array([0, 3, 2, -1])
+    loss = SoftmaxCrossEntropy.apply(x, labels=labels, smoothing=smoothing, nan_bad_labels=True)
+    ref = F.softmax_cross_entropy(x, [0, 0, 2, 0], reduction="none", label_smoothing=smoothing)
+    got = loss.detach().numpy()
+    assert np.isnan(got[[1, 3]]).all() and loss.dtype == np.float32
+    np.testing.assert_allclose(got[[0, 2]], ref.detach().numpy()[[0, 2]], rtol=1e-6)
+    loss.backward(minidl.ones(4))
+    g = x.grad.numpy()
+    assert np.isnan(g[[1, 3]]).all() and np.isfinite(g[[0, 2]]).all()
+    assert labels.tolist() == [0, 3, 2, -1]  # the caller's labels are left alone
+
+
+def test_ce_label_out_of_range_on_device(device: str) -> None:
+    x, t = minidl.randn(2, 3, device=device), minidl.tensor([0, 3], device=device)
+    if device == "cpu":
+        with pytest.raises(ValueError, match="label 3 is out of range"):
+            F.softmax_cross_entropy(x, t)
+    else:  # no host sync on the GPU: the bad row's loss is NaN instead
+        loss = F.softmax_cross_entropy(x, t, reduction="none").numpy()
+        assert np.isfinite(loss[0]) and np.isnan(loss[1])

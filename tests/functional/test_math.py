@@ -186,3 +186,13 @@ def test_cast_is_differentiable_and_grad_keeps_input_dtype() -> None:
     (y * 3).sum().backward()
     assert x.grad.dtype == np.float64 and x.grad.tolist() == [3.0, 3.0]
     assert F.cast(x, np.float64) is x
+
+
+@pytest.mark.parametrize("bad", [None, "a", [None], object()])
+def test_binary_op_rejects_non_numeric_operands(bad) -> None:
+    x = minidl.tensor([1.0, 2.0])
+    with pytest.raises(TypeError, match=f"add: unsupported operand of type {type(bad).__name__}"):
+        x + bad
+    with pytest.raises(TypeError, match="mul: unsupported operand"):
+        bad * x
+    assert (x + True).tolist() == [2.0, 3.0] and (x + np.int8(1)).tolist() == [2.0, 3.0]

@@ -145,3 +145,40 @@ def test_setitem_on_graph_tensor_raises() -> None:
     y = minidl.zeros(3)
     y[1] = minidl.tensor(5.0)
     assert y.tolist() == [0.0, 5.0, 0.0]
+
+
+def test_flatten_concatenate_stack_reject_out_of_range_axes() -> None:
+    x = minidl.ones(2, 3, 4)
+    with pytest.raises(ValueError, match=r"flatten: start_dim 3 is out of range for shape "
+                                         r"\(2, 3, 4\)"):
+        F.flatten(x, 3)
+    with pytest.raises(ValueError, match="flatten: end_dim -4 is out of range"):
+        F.flatten(x, 0, -4)
+    with pytest.raises(ValueError, match="flatten: start_dim 5"):
+        minidl.nn.Flatten(5)(x)
+    assert F.flatten(x, -3, -2).shape == (6, 4) and F.flatten(minidl.tensor(1.0)).shape == (1,)
+    with pytest.raises(ValueError, match=r"concatenate: axis 2 is out of range for .*\(2, 3\)"):
+        F.concatenate([minidl.ones(2, 3), minidl.ones(2, 3)], axis=2)
+    with pytest.raises(ValueError, match=r"stack: axis 3 is out of range .*\(2, 3\).*-3\.\.2"):
+        F.stack([minidl.ones(2, 3), minidl.ones(2, 3)], axis=3)
+    with pytest.raises(ValueError, match="stack: axis -4 is out of range"):
+        F.stack([minidl.ones(2, 3)], axis=-4)
+    assert F.stack([minidl.ones(2, 3)] * 4, axis=-1).shape == (2, 3, 4)
+    assert F.stack([minidl.ones(2, 3)] * 4, axis=-3).shape == (4, 2, 3)
+
+
+def test_dim_alias_of_axis() -> None:
+    x = minidl.tensor(np.arange(6.0).reshape(2, 3))
+    a, b = minidl.ones(2, 3), minidl.zeros(2, 3)
+    assert F.concatenate([a, b], dim=1).shape == (2, 6)
+    assert F.stack([a, b], dim=-1).shape == (2, 3, 2)
+    np.testing.assert_allclose(F.softmax(x, dim=0).numpy(), F.softmax(x, 0).numpy())
+    np.testing.assert_allclose(x.log_softmax(dim=0).numpy(), F.log_softmax(x, axis=0).numpy())
+    assert x.softmax().shape == (2, 3) and np.allclose(x.softmax().numpy().sum(1), 1.0)
+    assert x.sum(dim=1).tolist() == [3.0, 12.0] and x.mean(dim=0).tolist() == [1.5, 2.5, 3.5]
+    assert x.max(dim=1).tolist() == [2.0, 5.0] and x.min(dim=(0, 1)).item() == 0.0
+    assert x.argmax(dim=0).tolist() == [1, 1, 1] and x.sum(1, keepdims=True).shape == (2, 1)
+    for call in (lambda: x.sum(axis=0, dim=1), lambda: F.softmax(x, 0, dim=1),
+                 lambda: F.stack([a, b], 0, dim=0), lambda: x.argmax(axis=0, dim=0)):
+        with pytest.raises(TypeError, match="got both axis=0 and dim="):
+            call()

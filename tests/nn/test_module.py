@@ -229,3 +229,31 @@ def test_nn_functional_alias() -> None:
 
     assert F is minidl.functional
     assert F.relu is minidl.functional.relu
+
+
+def test_setattr_refuses_to_replace_a_parameter_or_submodule_silently() -> None:
+    lin = nn.Linear(2, 3)
+    with pytest.raises(TypeError, match=r"cannot assign 'Tensor' as parameter 'weight' "
+                                        r"\(nn.Parameter or None expected\)"):
+        lin.weight = minidl.ones(3, 2)
+    assert isinstance(lin.weight, nn.Parameter) and len(list(lin.parameters())) == 2
+    lin.bias = None  # None still clears it, and a Parameter replaces it
+    assert lin.bias is None and [n for n, _ in lin.named_parameters()] == ["weight"]
+    lin.weight = nn.Parameter(minidl.zeros(3, 2))
+    assert lin.weight.sum().item() == 0.0
+    seq = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match=r"cannot assign 'int' as child module '0'"):
+        setattr(seq, "0", 3)
+    assert isinstance(seq[0], nn.Linear)
+
+
+def test_modulelist_setitem_range() -> None:
+    ml = nn.ModuleList([nn.ReLU(), nn.ReLU(), nn.ReLU()])
+    ml[-1] = nn.Tanh()
+    assert type(ml[2]).__name__ == "Tanh"
+    for idx in (5, -4):
+        with pytest.raises(IndexError, match=f"ModuleList: index {idx} is out of range for 3 "
+                                             "modules"):
+            ml[idx] = nn.ReLU()
+    with pytest.raises(IndexError, match="index 0 is out of range for 0 modules"):
+        nn.ModuleList()[0] = nn.ReLU()
