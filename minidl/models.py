@@ -37,8 +37,9 @@ def seed_cnn(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) 
 
 
 def _conv_bn(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU())
+    # BN with a fused ReLU: one pass over the activation map instead of two
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(cout, activation="relu"))
 
 
 class Residual(nn.Module):

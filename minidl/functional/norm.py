@@ -30,6 +30,7 @@ from minidl.functional.math import sqrt
 from minidl.functional.reduce import mean as _mean
 from minidl.functional.reduce import sum as _sum
 from minidl.kernels import norm as norm_kernels
+from minidl.kernels.elementwise import relu_backward
 
 
 def _const(array: Any) -> Tensor:
@@ -49,6 +50,8 @@ class BatchNorm(Function):
     of per-channel values), ``use_batch_stats``, ``running_mean``/``running_var`` (raw arrays
     or None), ``momentum``, ``eps``.
     """
+
+    relu = False
 
     def forward(self, x: Any, weight: Any = None, bias: Any = None) -> Any:
         xp = backend.get_array_module(x)
@@ -81,12 +84,12 @@ class BatchNorm(Function):
             b = bias if bias is not None else np.zeros(c, x.dtype)
             y = np.empty_like(x)  # same memory layout as x, so it has a rows view too
             norm_kernels.normalize(rows, mean.reshape(-1), inv_std.reshape(-1), w, b,
-                                   norm_kernels.rows_view(y))
+                                   norm_kernels.rows_view(y), relu=self.relu)
             return y
         y = (x - mean) * inv_std
         if weight is not None:
             y = y * weight.reshape(self.pshape) + bias.reshape(self.pshape)
-        return y
+        return xp.maximum(y, 0) if self.relu else y
 
     def _stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``xhat`` and ``inv_std``: differentiable in ``x`` while recording a graph (double
@@ -127,6 +130,10 @@ class BatchNorm(Function):
                 Tensor._make(gb.astype(x.dtype), False))
 
     def backward(self, gy: Tensor) -> tuple:
+        if self.relu:  # the fused activation: mask by the output first
+            y = self.output().data
+            gy = (Tensor._make(relu_backward(gy.data, y), False) if not is_grad_enabled()
+                  else gy * _const((y > 0).astype(gy.dtype)))
         if not is_grad_enabled():
             fast = self._fast_backward(gy)
             if fast is not None:
@@ -171,6 +178,7 @@ def batch_norm(
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    activation: str | None = None,
 ) -> Tensor:
     """Batch normalization over every axis but the channel axis 1, as one fused op.
 
@@ -189,6 +197,9 @@ def batch_norm(
         training: use batch statistics and update the running ones.
         momentum: weight of the new batch statistic in the running average.
         eps: added to the variance for stability.
+        activation: ``None`` or ``"relu"``: apply ReLU in the same pass (the usual
+            conv-BN-ReLU block); equal to ``relu(batch_norm(...))``, one pass cheaper
+            forward and backward.
 
     Returns:
         A tensor of the shape and dtype of ``x``.
@@ -204,6 +215,8 @@ def batch_norm(
     """
     x, weight, bias = amp.upper(x, weight, bias)  # float32 inside autocast
     op = "batch_norm"
+    if activation not in (None, "relu"):
+        raise ValueError(f"{op}: activation must be None or 'relu', got {activation!r}")
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: expected a Tensor input, got {type(x).__name__}")
     if x.ndim < 2:
@@ -240,7 +253,7 @@ def batch_norm(
     return BatchNorm.apply(
         *args, axes=axes, pshape=pshape, use_batch_stats=use_batch,
         running_mean=rm, running_var=rv,
-        momentum=float(momentum), eps=float(eps),
+        momentum=float(momentum), eps=float(eps), relu=activation == "relu",
     )
 
 

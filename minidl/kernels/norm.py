@@ -60,11 +60,14 @@ def _col_sums(x, mean, inv_std, gy, want_xhat):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True)
-def _normalize(x, mean, inv_std, w, b, out):  # pragma: no cover - compiled
+def _normalize(x, mean, inv_std, w, b, relu, out):  # pragma: no cover - compiled
     M, C = x.shape
     for r in prange(M):
         for c in range(C):
-            out[r, c] = (x[r, c] - mean[c]) * inv_std[c] * w[c] + b[c]
+            v = (x[r, c] - mean[c]) * inv_std[c] * w[c] + b[c]
+            if relu and v < 0:  # NaN passes through, as in np.maximum
+                v = 0
+            out[r, c] = v
 
 
 @njit(parallel=True, cache=True)
@@ -109,9 +112,9 @@ def batch_stats(x_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def normalize(x_rows: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, w: np.ndarray,
-              b: np.ndarray, out_rows: np.ndarray) -> None:
+              b: np.ndarray, out_rows: np.ndarray, relu: bool = False) -> None:
     """``out = (x - mean) * inv_std * w + b`` row by row; (M, C) arrays, (C,) vectors."""
-    _normalize(x_rows, mean, inv_std, w, b, out_rows)
+    _normalize(x_rows, mean, inv_std, w, b, relu, out_rows)
 
 
 def backward(gy_rows: np.ndarray, x_rows: np.ndarray, mean: np.ndarray, inv_std: np.ndarray,

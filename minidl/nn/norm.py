@@ -24,8 +24,12 @@ class _BatchNorm(Module):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True,
-                 dtype: Any = np.float32) -> None:
+                 activation: str | None = None, dtype: Any = np.float32) -> None:
         super().__init__()
+        if activation not in (None, "relu"):
+            raise ValueError(f"{type(self).__name__}: activation must be None or 'relu', got "
+                             f"{activation!r}")
+        self.activation = activation
         self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         if affine:
@@ -65,11 +69,13 @@ class _BatchNorm(Module):
                 momentum = 1.0 / int(self.num_batches_tracked.data)
         use_batch = self.training or not self.track_running_stats
         return batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                          training=use_batch, momentum=momentum, eps=self.eps)
+                          training=use_batch, momentum=momentum, eps=self.eps,
+                          activation=self.activation)
 
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+        s = (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+             f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+        return s + (f", activation={self.activation!r}" if self.activation else "")
 
 
 class BatchNorm1d(_BatchNorm):
@@ -88,6 +94,9 @@ class BatchNorm1d(_BatchNorm):
 
 class BatchNorm2d(_BatchNorm):
     """Batch norm over ``(N, C, H, W)`` inputs, per channel ``C``.
+
+    ``activation="relu"`` fuses the ReLU of a conv-BN-ReLU block into the normalization
+    pass (same result as ``BatchNorm2d`` then ``ReLU``, one pass over the map cheaper).
 
     >>> import minidl
     >>> bn = minidl.nn.BatchNorm2d(8)

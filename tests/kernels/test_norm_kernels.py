@@ -68,3 +68,37 @@ def test_batch_stats_are_float64_accurate():
     mean, var = K.batch_stats(x)
     np.testing.assert_allclose(mean, x.astype(np.float64).mean(0), rtol=1e-12)
     np.testing.assert_allclose(var, x.astype(np.float64).var(0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["c", "channels_last", "rows"])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_relu_equals_bn_then_relu(layout, training):
+    rng = np.random.default_rng(3)
+    shape = (6, 4) if layout == "rows" else (3, 4, 5, 2)
+    data = rng.standard_normal(shape)
+    if layout == "channels_last":
+        data = _channels_last(data)
+    x = minidl.tensor(data, requires_grad=True)
+    w = minidl.tensor(rng.standard_normal(4), requires_grad=True)
+    b = minidl.tensor(rng.standard_normal(4), requires_grad=True)
+    rm, rv = minidl.tensor(rng.standard_normal(4)), minidl.tensor(rng.random(4) + 0.5)
+
+    def fused(x, w, b):
+        return F.batch_norm(x, rm, rv, w, b, training=training, momentum=0.0,
+                            activation="relu")
+
+    def plain(x, w, b):
+        return F.relu(F.batch_norm(x, rm, rv, w, b, training=training, momentum=0.0))
+
+    np.testing.assert_allclose(fused(x, w, b).detach().numpy(),
+                               plain(x, w, b).detach().numpy(), rtol=1e-12, atol=1e-12)
+    assert minidl.gradcheck(fused, [x, w, b])
+    assert minidl.gradgradcheck(fused, [x, w, b], mode="directional")
+
+
+def test_batchnorm2d_activation_option():
+    bn = minidl.nn.BatchNorm2d(3, activation="relu")
+    y = bn(minidl.randn(4, 3, 5, 5))
+    assert (y.detach().numpy() >= 0).all() and "activation='relu'" in repr(bn)
+    with pytest.raises(ValueError, match="activation"):
+        minidl.nn.BatchNorm2d(3, activation="tanh")
