@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 
-# numba's parallel loops run on OpenMP (libgomp), whose idle workers busy-spin by default.
-# Conv alternates numba loops with OpenBLAS GEMMs, whose own threads then fight spinning
-# workers for the cores: measured 2-5x slowdowns of both on 2 cores. PASSIVE makes idle
-# OpenMP workers sleep. libgomp reads this when numba first launches a parallel loop, which
-# happens after this import; a value the user already set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from minidl.kernels import _threads
+
+# Idle OpenMP and OpenBLAS workers must sleep, not spin, or they slow each other's kernels
+# down 2x on a small machine: see ``_threads``.
+_threads.apply()
 
 _BACKENDS = ("numba", "numpy")
 _backend = os.environ.get("MINIDL_KERNELS", "numba").strip().lower() or "numba"
