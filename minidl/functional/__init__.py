@@ -20,6 +20,7 @@ from minidl.functional.activation import (
     tanh,
 )
 from minidl.functional.conv import conv2d
+from minidl.functional.fused import conv2d_max_pool2d
 from minidl.functional.linalg import linear, matmul
 from minidl.functional.loss import cross_entropy, mse_loss, softmax_cross_entropy
 from minidl.functional.math import (
@@ -64,11 +65,11 @@ cat = concatenate
 
 __all__ = [
     "abs", "adaptive_avg_pool2d", "add", "argmax", "avg_pool2d", "batch_norm", "broadcast_to",
-    "cast", "cat", "clamp", "clip", "concatenate", "conv2d", "cross_entropy", "div", "dropout",
-    "erf", "exp", "flatten", "gelu", "getitem", "layer_norm", "leaky_relu", "linear", "log",
-    "log_softmax", "matmul", "max", "max_pool2d", "maximum", "mean", "min", "minimum", "mse_loss",
-    "mul", "neg", "pad", "permute", "pow", "relu", "reshape", "sigmoid", "softmax",
-    "softmax_cross_entropy", "sqrt", "squeeze", "stack", "sub", "sum", "sum_to", "tanh",
+    "cast", "cat", "clamp", "clip", "concatenate", "conv2d", "conv2d_max_pool2d", "cross_entropy",
+    "div", "dropout", "erf", "exp", "flatten", "gelu", "getitem", "layer_norm", "leaky_relu",
+    "linear", "log", "log_softmax", "matmul", "max", "max_pool2d", "maximum", "mean", "min",
+    "minimum", "mse_loss", "mul", "neg", "pad", "permute", "pow", "relu", "reshape", "sigmoid",
+    "softmax", "softmax_cross_entropy", "sqrt", "squeeze", "stack", "sub", "sum", "sum_to", "tanh",
     "to_device", "transpose", "unsqueeze", "where",
 ]
 

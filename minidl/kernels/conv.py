@@ -254,6 +254,20 @@ def _grad_bias(rows: Any) -> Any:
     return rows.sum(axis=0)
 
 
+def channel_sums(a: Any) -> Any:
+    """``a.sum((0, 2, 3))`` for an (N, C, H, W) array: a bias gradient, shape (C,).
+
+    Channels-last NumPy arrays are summed as (N*H*W, C) rows with float64 partial sums.
+
+    >>> channel_sums(np.ones((2, 3, 4, 5), np.float32)).tolist()
+    [40.0, 40.0, 40.0]
+    """
+    check_4d(OP, "grad_output", a, "(N, C, H, W)")
+    if use_numba(a) and is_channels_last(a):
+        return _grad_bias(a.transpose(0, 2, 3, 1).reshape(-1, a.shape[1]))
+    return a.sum(axis=(0, 2, 3))
+
+
 def _grad_weight_rows(x: Any, rows: Any, g: ConvGeometry, w_shape: tuple[int, ...],
                       cols: Any) -> Any:
     xp = array_module(x)

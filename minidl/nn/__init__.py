@@ -11,6 +11,7 @@ import minidl.functional as functional
 from minidl.nn import init
 from minidl.nn.container import ModuleList, Sequential
 from minidl.nn.conv import AdaptiveAvgPool2d, AvgPool2d, Conv2d, MaxPool2d
+from minidl.nn.fusion import fusion_enabled, set_fusion
 from minidl.nn.layers import (
     GELU,
     Dense,
@@ -36,5 +37,6 @@ __all__ = [
     "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d",
     "CrossEntropyLoss", "Dense", "Dropout", "Flatten", "GELU", "Identity", "LayerNorm",
     "LeakyReLU", "Linear", "MSELoss", "MaxPool2d", "Module", "ModuleList", "Parameter", "ReLU",
-    "Sequential", "Sigmoid", "Softmax", "Tanh", "functional", "init", "summary",
+    "Sequential", "Sigmoid", "Softmax", "Tanh", "functional", "fusion_enabled", "init",
+    "set_fusion", "summary",
 ]

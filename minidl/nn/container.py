@@ -10,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from minidl.nn import fusion
 from minidl.nn.module import Module
 
 
@@ -68,9 +69,8 @@ class Sequential(Module):
         return self.append(module)
 
     def forward(self, x: Any) -> Any:
-        for m in self._modules.values():
-            x = m(x)
-        return x
+        # Conv2d -> (ReLU) -> MaxPool2d runs as one fused op; see minidl.nn.fusion.
+        return fusion.run(list(self._modules.values()), x)
 
 
 class ModuleList(Module):

@@ -98,11 +98,15 @@ class Conv2d(Module):
         """Re-draw the weights with the default initialization."""
         init.default_init_(self.weight, self.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def check_input(self, x: Tensor) -> None:
+        """Raise a ``Conv2d``-named error unless x is a 4-D Tensor with ``in_channels``."""
         _check_nchw("Conv2d", x)
         if x.shape[1] != self.in_channels:
             raise ValueError(f"Conv2d: input has {x.shape[1]} channels but layer expects "
                              f"{self.in_channels} (input shape {x.shape})")
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
         conv2d = _functional("conv2d", "Conv2d")
         return conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
                       dilation=self.dilation, groups=self.groups, activation=self.activation)

@@ -257,3 +257,17 @@ def test_modulelist_setitem_range() -> None:
             ml[idx] = nn.ReLU()
     with pytest.raises(IndexError, match="index 0 is out of range for 0 modules"):
         nn.ModuleList()[0] = nn.ReLU()
+
+
+def test_replacing_a_child_or_parameter_keeps_its_position():
+    # Regression: re-assigning moved the entry to the end, so ``seq[1] = layer`` made a
+    # Sequential run its layers out of order.
+    seq = minidl.nn.Sequential(minidl.nn.Linear(2, 3), minidl.nn.ReLU(), minidl.nn.Linear(3, 1))
+    seq[1] = minidl.nn.Tanh()
+    assert [type(m).__name__ for m in seq] == ["Linear", "Tanh", "Linear"]
+    assert seq(minidl.ones(4, 2)).shape == (4, 1)
+    lin = seq[0]
+    lin.weight = minidl.nn.Parameter(np.zeros((3, 2), np.float32))
+    assert list(lin.state_dict()) == ["weight", "bias"]
+    seq.add_module("0", minidl.nn.Linear(2, 3))
+    assert list(seq.state_dict())[:2] == ["0.weight", "0.bias"]

@@ -1,0 +1,147 @@
+"""Fused ops: several layers as one autograd node, with the same values and gradients.
+
+``conv2d_max_pool2d`` is ``max_pool2d(relu(conv2d(x, w, b)))`` (the ReLU optional): the
+block every classic CNN repeats, and what ``nn.Sequential`` runs for ``Conv2d`` ->
+(``ReLU``) -> ``MaxPool2d`` (see ``minidl.nn.fusion``).
+
+Why fuse. Unfused, the conv output ``y`` (N, OC, OH, OW) must live until backward, where
+two full passes run over it before its weight gradient: the ReLU mask (``gy * (y > 0)``)
+and the bias gradient (``gy`` summed over N, OH, OW). Fused, backward needs only the pooled
+output ``p`` (N, OC, OH/2, OW/2 for 2x2 pooling) and the arg-max indices, because
+
+* the pooled gradient lands only on arg-max positions, where ``y`` equals ``p``, so the
+  ReLU mask is ``p > 0``, applied to the pooled gradient, a quarter of the size;
+* every conv-output gradient is a pooled gradient moved (scatter adds nothing), so the
+  bias gradient is the pooled gradient summed, again a quarter of the size.
+
+The scatter then writes the conv's row-shaped gradient directly (its channels-last layout
+is the GEMM's), and ``y`` is freed as soon as it is pooled. For the seed CNN this removes
+about 2.5 MB of the 9 MB that backward streams per conv layer and the ``y`` kept from
+forward to backward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minidl import amp
+from minidl.autograd import Function, Tensor, is_grad_enabled
+from minidl.functional.conv import KEEP_COLS_MAX_BYTES, Conv2dGradInput, Conv2dGradWeight
+from minidl.functional.pool import MaxPool2dGrad
+from minidl.kernels import conv as KC
+from minidl.kernels import pool as KP
+
+
+class Conv2dMaxPool2d(Function):
+    """``p = max_pool2d(act(conv2d(x, w) + b))``: x (N, C, H, W), w (OC, C/groups, KH, KW),
+    b (OC,), p (N, OC, PH, PW); options ``args`` (conv: stride, padding, dilation, groups),
+    ``pool_args`` (kernel_size, stride, padding, dilation, ceil_mode) and ``relu``.
+
+    Backward: ``gpm = gp * (p > 0)`` (just ``gp`` without ReLU); ``gy`` = ``gpm`` scattered
+    to the arg-max positions (N, OC, OH, OW); then conv2d's backward with that ``gy``
+    (``gx``, ``gw``) and ``gb = gpm.sum((0, 2, 3))``.
+    """
+
+    relu = False
+
+    def forward(self, x: Any, w: Any, b: Any = None) -> Any:
+        self.cols = None
+        keep = False
+        if self.needs_input_grad[1:2] == (True,):
+            g = KC.conv2d_geometry(x.shape, w.shape, *self.args)
+            keep = g.n * g.oh * g.ow * g.kh * g.kw * g.c * x.itemsize <= KEEP_COLS_MAX_BYTES
+        y = KC.conv2d_forward(x, w, b, *self.args, relu=self.relu, return_cols=keep)
+        if keep:
+            y, self.cols = y
+        self.y_shape = y.shape
+        p, self.indices = KP.max_pool2d_forward(y, *self.pool_args)
+        return p
+
+    def _masked(self, gp: Any) -> Any:
+        if not self.relu:
+            return gp
+        p = self.output().data
+        xp = KC.array_module(p)
+        out = xp.empty_like(p)  # p's (channels-last) layout, which the kernels below prefer
+        xp.multiply(gp, p > 0, out=out)
+        return out
+
+    def backward(self, gp: Tensor) -> tuple:
+        x, w = self.inputs[:2]
+        need = self.needs_input_grad
+        has_bias = len(self.inputs) == 3
+        if not is_grad_enabled():  # plain backward: array kernels
+            gpm = self._masked(gp.data)
+            gy = KP.max_pool2d_backward(gpm, self.indices, self.y_shape)
+            gx, gw, _ = KC.conv2d_backward(
+                x.data, w.data, gy, *self.args, cols=self.cols, need_input_grad=need[0],
+                need_weight_grad=need[1], need_bias_grad=False)
+            gb = KC.channel_sums(gpm) if has_bias and need[2] else None
+            self.cols = None
+            grads = tuple(None if g is None else Tensor._make(g, False) for g in (gx, gw, gb))
+        else:  # create_graph: differentiable pieces, as in Conv2d
+            self.cols = None
+            if self.relu:
+                p = self.output().data
+                gp = gp * Tensor._make((p > 0).astype(gp.dtype), False)
+            gy = MaxPool2dGrad.apply(gp, indices=self.indices, x_shape=self.y_shape)
+            gx = Conv2dGradInput.apply(gy, w, x_shape=x.shape, args=self.args) if need[0] \
+                else None
+            gw = Conv2dGradWeight.apply(x, gy, w_shape=w.shape, args=self.args) if need[1] \
+                else None
+            gb = gp.sum(axis=(0, 2, 3)) if has_bias and need[2] else None
+            grads = (gx, gw, gb)
+        return grads if has_bias else grads[:2]
+
+
+def conv2d_max_pool2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, ...] | str = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    activation: str | None = None,
+    pool_size: int | tuple[int, int] = 2,
+    pool_stride: int | tuple[int, int] | None = None,
+    pool_padding: int | tuple[int, int] = 0,
+) -> Tensor:
+    """``max_pool2d(conv2d(x, weight, bias, ..., activation), pool_size, pool_stride,
+    pool_padding)`` as one op: equal values and gradients, less memory traffic.
+
+    Args:
+        x: ``(N, C, H, W)``.
+        weight: ``(OC, C // groups, KH, KW)``.
+        bias: ``(OC,)`` or None.
+        stride: conv stride, as in ``conv2d``.
+        padding: conv padding, as in ``conv2d``.
+        dilation: conv dilation, as in ``conv2d``.
+        groups: conv groups, as in ``conv2d``.
+        activation: ``None`` or ``"relu"``, applied between the conv and the pooling.
+        pool_size: max-pool window, int or pair.
+        pool_stride: max-pool stride; None for the window size.
+        pool_padding: max-pool padding, at most half the window.
+
+    Returns:
+        ``(N, OC, PH, PW)``, channels-last in memory like ``conv2d``'s output.
+
+    >>> import minidl
+    >>> x = minidl.randn(2, 3, 8, 8); w = minidl.randn(4, 3, 3, 3)
+    >>> p = conv2d_max_pool2d(x, w, activation="relu")
+    >>> ref = minidl.functional.max_pool2d(minidl.functional.conv2d(x, w, activation="relu"), 2)
+    >>> p.shape, bool((p.numpy() == ref.numpy()).all())
+    ((2, 4, 3, 3), True)
+    """
+    x, weight, bias = amp.lower(x, weight, bias)
+    for name, t in (("input", x), ("weight", weight), ("bias", bias)):
+        if t is not None and not isinstance(t, Tensor):
+            raise TypeError(f"conv2d_max_pool2d: {name} must be a Tensor, got "
+                            f"{type(t).__name__}")
+    if activation not in (None, "relu"):
+        raise ValueError(f"conv2d_max_pool2d: activation must be None or 'relu', got "
+                         f"{activation!r}")
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    return Conv2dMaxPool2d.apply(*tensors, args=(stride, padding, dilation, groups),
+                                 pool_args=(pool_size, pool_stride, pool_padding, 1, False),
+                                 relu=activation == "relu")

@@ -1,0 +1,83 @@
+"""Layer fusion inside ``Sequential``: ``Conv2d`` -> (``ReLU``) -> ``MaxPool2d`` as one op.
+
+``Sequential`` knows its layers' order before it runs them, so where a ``Conv2d`` (with or
+without ``activation="relu"``), optionally followed by a ``ReLU``, feeds a ``MaxPool2d``,
+it runs the run as ``minidl.functional.conv2d_max_pool2d``: the same output and the same
+gradients (tested), without keeping the conv output for backward and with two passes
+over it fewer (the module docstring of ``minidl.functional.fused`` says why that is exact).
+On the seed CNN this saves about 1.5 ms of a 22 ms training step on 2 cores.
+
+The fused node replaces three in the autograd graph, so the conv output never exists as a
+Tensor. Anything that must see it turns fusion off for that layer: a forward hook on any
+of the layers does (so ``summary`` still reports every layer), as does a subclass of those
+layers. ``set_fusion(False)`` turns it off everywhere.
+
+>>> import minidl
+>>> nn = minidl.nn
+>>> net = nn.Sequential(nn.Conv2d(3, 4, 3, activation="relu"), nn.MaxPool2d(2))
+>>> x = minidl.randn(2, 3, 8, 8)
+>>> fused = net(x)
+>>> old = nn.set_fusion(False); unfused = net(x); _ = nn.set_fusion(old)
+>>> fused.grad_fn.name, unfused.grad_fn.name
+('Conv2dMaxPool2d', 'MaxPool2d')
+>>> bool((fused.detach().numpy() == unfused.detach().numpy()).all())
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import minidl.functional as F
+from minidl.nn.conv import Conv2d, MaxPool2d
+from minidl.nn.layers import ReLU
+from minidl.nn.module import Module
+
+_enabled = True
+
+
+def set_fusion(enabled: bool) -> bool:
+    """Turn layer fusion in ``Sequential`` on or off (it is on by default); return the
+    previous setting. Results are the same either way; off keeps every intermediate
+    output in the autograd graph."""
+    global _enabled
+    old, _enabled = _enabled, bool(enabled)
+    return old
+
+
+def fusion_enabled() -> bool:
+    """Whether ``Sequential`` fuses ``Conv2d`` -> (``ReLU``) -> ``MaxPool2d``.
+
+    >>> fusion_enabled()
+    True
+    """
+    return _enabled
+
+
+def _plain(m: Module, cls: type) -> bool:
+    # exactly this class (a subclass may change forward) and nobody watching its output
+    return type(m) is cls and not m._forward_hooks
+
+
+def run(modules: list[Module], x: Any) -> Any:
+    """Apply ``modules`` in order to ``x``, fusing where this module's docstring says."""
+    i, n = 0, len(modules)
+    while i < n:
+        m = modules[i]
+        if _enabled and _plain(m, Conv2d):
+            j, relu = i + 1, m.activation == "relu"
+            if not relu and j < n and _plain(modules[j], ReLU):
+                j, relu = j + 1, True
+            if j < n and _plain(modules[j], MaxPool2d):
+                pool = modules[j]
+                m.check_input(x)
+                x = F.conv2d_max_pool2d(
+                    x, m.weight, m.bias, stride=m.stride, padding=m.padding,
+                    dilation=m.dilation, groups=m.groups, activation="relu" if relu else None,
+                    pool_size=pool.kernel_size, pool_stride=pool.stride,
+                    pool_padding=pool.padding)
+                i = j + 1
+                continue
+        x = m(x)
+        i += 1
+    return x
