@@ -30,6 +30,7 @@ from minidl.functional.conv import KEEP_COLS_MAX_BYTES, Conv2dGradInput, Conv2dG
 from minidl.functional.pool import MaxPool2dGrad
 from minidl.kernels import conv as KC
 from minidl.kernels import pool as KP
+from minidl.kernels.elementwise import relu_backward
 
 
 class Conv2dMaxPool2d(Function):
@@ -58,13 +59,8 @@ class Conv2dMaxPool2d(Function):
         return p
 
     def _masked(self, gp: Any) -> Any:
-        if not self.relu:
-            return gp
-        p = self.output().data
-        xp = KC.array_module(p)
-        out = xp.empty_like(p)  # p's (channels-last) layout, which the kernels below prefer
-        xp.multiply(gp, p > 0, out=out)
-        return out
+        # gp * (p > 0), channels-last like p (the layout the kernels below prefer)
+        return relu_backward(gp, self.output().data) if self.relu else gp
 
     def backward(self, gp: Tensor) -> tuple:
         x, w = self.inputs[:2]

@@ -12,15 +12,39 @@ from __future__ import annotations
 
 import os
 import threading
+import types
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from minidl.kernels import _threads
 
 # Idle OpenMP and OpenBLAS workers must sleep, not spin, or they slow each other's kernels
 # down 2x on a small machine: see ``_threads``.
 _threads.apply()
+
+# Below this many elements a kernel runs serially: waking the parallel workers costs
+# 50-100 us on this 2-core machine (a trivial prange loop measured 75 us with
+# OMP_WAIT_POLICY=PASSIVE), more than splitting a small loop saves.
+SERIAL_BELOW = 1 << 15
+
+
+def parallel_twins(fn: Any) -> tuple[Any, Any]:
+    """Compile a ``prange`` kernel twice: (parallel, serial); choose with ``pick``."""
+    # numba names its on-disk cache after the function's qualified name and line, not its
+    # compile flags: the serial twin is a copy under another name, or the two would load
+    # each other's machine code from the cache.
+    serial = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
+                                fn.__defaults__, fn.__closure__)
+    serial.__qualname__ = fn.__qualname__ + "_serial"
+    return njit(parallel=True, cache=True)(fn), njit(cache=True)(serial)
+
+
+def pick(twins: tuple[Any, Any], size: int) -> Any:
+    """The parallel twin for ``size`` >= ``SERIAL_BELOW`` elements, else the serial one."""
+    return twins[0] if size >= SERIAL_BELOW else twins[1]
+
 
 _BACKENDS = ("numba", "numpy")
 _backend = os.environ.get("MINIDL_KERNELS", "numba").strip().lower() or "numba"

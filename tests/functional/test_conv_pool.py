@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import minidl
 import minidl.functional as F
 from minidl.kernels import conv as K
-from minidl.kernels import set_backend
+from minidl.kernels import is_channels_last, set_backend
 from minidl.kernels.elementwise import relu_backward
 
 
@@ -137,16 +137,24 @@ def test_adaptive_avg_pool2d(out):
             np.testing.assert_allclose(y[:, :, i, j], x.data[:, :, r0:r1, c0:c1].mean((2, 3)))
 
 
-@pytest.mark.parametrize("layout", ["c", "channels_last", "strided"])
-def test_relu_backward_kernel_matches_numpy(layout):
+def _channels_last(a):
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("layout", ["c", "channels_last", "strided", "c_grad_cl_output"])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (16, 32, 10, 11)])  # serial and parallel
+def test_relu_backward_kernel_matches_numpy(layout, shape):
     rng = np.random.default_rng(5)
-    gy = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
-    y = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    gy = rng.standard_normal(shape).astype(np.float32)
+    y = rng.standard_normal(shape).astype(np.float32)
     if layout == "channels_last":
-        gy = np.ascontiguousarray(gy.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-        y = np.ascontiguousarray(y.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        gy, y = _channels_last(gy), _channels_last(y)
     elif layout == "strided":
         gy, y = gy[:, :, ::2], y[:, :, ::2]
+    elif layout == "c_grad_cl_output":  # e.g. a Flatten gradient into a pooled conv output
+        y = _channels_last(y)
     out = relu_backward(gy, y)
     np.testing.assert_array_equal(out, gy * (y > 0))
     assert out.dtype == np.float32
+    if layout == "c_grad_cl_output":
+        assert is_channels_last(out)

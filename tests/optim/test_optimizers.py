@@ -237,3 +237,18 @@ def test_clip_grad_norm() -> None:
     assert a.grad.dtype == np.float32
     assert clip_grad_norm_([a, b], 10.0) == pytest.approx(1.0, rel=1e-5)  # no change
     assert clip_grad_norm_([a, b], 0.5, norm_type=math.inf) == pytest.approx(0.8, rel=1e-5)
+
+
+@pytest.mark.parametrize("size", [3, 70_000])  # the serial and the parallel Adam kernel
+def test_adam_fused_kernel_matches_formula(size) -> None:
+    from minidl.kernels.elementwise import adam_update_
+
+    rng = np.random.default_rng(size)
+    p, g = rng.standard_normal(size), rng.standard_normal(size)
+    m, v = rng.standard_normal(size), rng.random(size)
+    ref_m, ref_v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+    ref_p = p - 0.5 * ref_m / (np.sqrt(ref_v) / 0.3 + 1e-8)
+    assert adam_update_(p, g, m, v, 0.9, 0.999, 0.5, 0.3, 1e-8)
+    np.testing.assert_allclose(m, ref_m, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(v, ref_v, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(p, ref_p, rtol=1e-12, atol=1e-14)
