@@ -28,9 +28,20 @@ from minidl import amp
 from minidl.autograd import Function, Tensor, is_grad_enabled
 from minidl.functional.conv import KEEP_COLS_MAX_BYTES, Conv2dGradInput, Conv2dGradWeight
 from minidl.functional.pool import MaxPool2dGrad
+from minidl.functional.shape import pad
 from minidl.kernels import conv as KC
 from minidl.kernels import pool as KP
 from minidl.kernels.elementwise import relu_backward
+
+
+def _pooled_rows_cols(g: KC.ConvGeometry, pool_args: tuple) -> tuple[int, int]:
+    """How many conv output rows and columns the max-pool reads (all of them, unless
+    unpadded windows stop short of the end: a 2x2 pool reads 12 of 13)."""
+    kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = KP.pool2d_geometry(
+        "max_pool2d", (g.n, g.oc, g.oh, g.ow), *pool_args)
+    if ph or pw:
+        return g.oh, g.ow
+    return (oh - 1) * sh + dh * (kh - 1) + 1, (ow - 1) * sw + dw * (kw - 1) + 1
 
 
 class Conv2dMaxPool2d(Function):
@@ -38,49 +49,54 @@ class Conv2dMaxPool2d(Function):
     b (OC,), p (N, OC, PH, PW); options ``args`` (conv: stride, padding, dilation, groups),
     ``pool_args`` (kernel_size, stride, padding, dilation, ceil_mode) and ``relu``.
 
+    Only the conv outputs some pooling window reads are computed (``crop_outputs``): for
+    the seed CNN's second layer 12x12 of 13x13, 15% less GEMM work forward and backward.
+
     Backward: ``gpm = gp * (p > 0)`` (just ``gp`` without ReLU); ``gy`` = ``gpm`` scattered
-    to the arg-max positions (N, OC, OH, OW); then conv2d's backward with that ``gy``
-    (``gx``, ``gw``) and ``gb = gpm.sum((0, 2, 3))``.
+    to the arg-max positions (N, OC, OH, OW), zero where no window reads; then conv2d's
+    backward with that ``gy`` (``gx``, ``gw``) and ``gb = gpm.sum((0, 2, 3))``.
     """
 
     relu = False
 
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
+        full = KC.conv2d_geometry(x.shape, w.shape, *self.args)
+        self.out_size = _pooled_rows_cols(full, self.pool_args)
+        self.pad_rows_cols = (full.oh - self.out_size[0], full.ow - self.out_size[1])
+        g = KC.crop_outputs(full, self.out_size)
         self.cols = None
-        keep = False
-        if self.needs_input_grad[1:2] == (True,):
-            g = KC.conv2d_geometry(x.shape, w.shape, *self.args)
-            keep = g.n * g.oh * g.ow * g.kh * g.kw * g.c * x.itemsize <= KEEP_COLS_MAX_BYTES
-        y = KC.conv2d_forward(x, w, b, *self.args, relu=self.relu, return_cols=keep)
+        keep = (self.needs_input_grad[1:2] == (True,) and
+                g.n * g.oh * g.ow * g.kh * g.kw * g.c * x.itemsize <= KEEP_COLS_MAX_BYTES)
+        y = KC.conv2d_forward(x, w, b, *self.args, relu=self.relu, return_cols=keep,
+                              out_size=self.out_size)
         if keep:
             y, self.cols = y
         self.y_shape = y.shape
         p, self.indices = KP.max_pool2d_forward(y, *self.pool_args)
         return p
 
-    def _masked(self, gp: Any) -> Any:
-        # gp * (p > 0), channels-last like p (the layout the kernels below prefer)
-        return relu_backward(gp, self.output().data) if self.relu else gp
-
     def backward(self, gp: Tensor) -> tuple:
         x, w = self.inputs[:2]
         need = self.needs_input_grad
         has_bias = len(self.inputs) == 3
         if not is_grad_enabled():  # plain backward: array kernels
-            gpm = self._masked(gp.data)
+            # gp * (p > 0), channels-last like p (the layout the kernels below prefer)
+            gpm = relu_backward(gp.data, self.output().data) if self.relu else gp.data
             gy = KP.max_pool2d_backward(gpm, self.indices, self.y_shape)
             gx, gw, _ = KC.conv2d_backward(
                 x.data, w.data, gy, *self.args, cols=self.cols, need_input_grad=need[0],
-                need_weight_grad=need[1], need_bias_grad=False)
+                need_weight_grad=need[1], need_bias_grad=False, out_size=self.out_size)
             gb = KC.channel_sums(gpm) if has_bias and need[2] else None
             self.cols = None
             grads = tuple(None if g is None else Tensor._make(g, False) for g in (gx, gw, gb))
         else:  # create_graph: differentiable pieces, as in Conv2d
             self.cols = None
             if self.relu:
-                p = self.output().data
-                gp = gp * Tensor._make((p > 0).astype(gp.dtype), False)
+                gp = gp * Tensor._make((self.output().data > 0).astype(gp.dtype), False)
             gy = MaxPool2dGrad.apply(gp, indices=self.indices, x_shape=self.y_shape)
+            if any(self.pad_rows_cols):  # the unread outputs get zero gradient
+                gy = pad(gy, ((0, 0), (0, 0), (0, self.pad_rows_cols[0]),
+                              (0, self.pad_rows_cols[1])))
             gx = Conv2dGradInput.apply(gy, w, x_shape=x.shape, args=self.args) if need[0] \
                 else None
             gw = Conv2dGradWeight.apply(x, gy, w_shape=w.shape, args=self.args) if need[1] \

@@ -119,6 +119,27 @@ def conv2d_geometry(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: 
     return ConvGeometry(n, c, h, w, oc, kh, kw, sh, sw, pad, dh, dw, oh, ow, int(groups))
 
 
+def crop_outputs(g: ConvGeometry, out_size: tuple[int, int] | None) -> ConvGeometry:
+    """``g`` computing only the top-left ``out_size`` = (OH', OW') outputs (None: all).
+
+    Each output depends only on its own receptive field, so the rows of the im2col matrix
+    (and of ``gy``) for the dropped outputs are simply never formed: the GEMMs shrink by
+    ``1 - OH'*OW' / (OH*OW)``. Used when a consumer reads only part of the output, as a
+    2x2 max-pool reads 12x12 of a 13x13 map.
+
+    >>> g = conv2d_geometry((1, 1, 15, 15), (1, 1, 3, 3))
+    >>> g.oh, crop_outputs(g, (12, 12)).oh
+    (13, 12)
+    """
+    if out_size is None:
+        return g
+    oh, ow = (int(v) for v in out_size)
+    if not (1 <= oh <= g.oh and 1 <= ow <= g.ow):
+        raise ValueError(f"{OP}: out_size {tuple(out_size)} must be between (1, 1) and the "
+                         f"full output size ({g.oh}, {g.ow})")
+    return g._replace(oh=oh, ow=ow)
+
+
 # --------------------------------------------------------------------------- numba helpers
 
 
@@ -311,7 +332,8 @@ def _grad_input_rows(rows: Any, w: Any, g: ConvGeometry, channels_last: bool) ->
 def conv2d_forward(x: Any, w: Any, b: Any = None, stride: int | tuple[int, int] = 1,
                    padding: int | tuple[int, ...] | str = 0,
                    dilation: int | tuple[int, int] = 1, groups: int = 1, *,
-                   relu: bool = False, return_cols: bool = False) -> Any:
+                   relu: bool = False, return_cols: bool = False,
+                   out_size: tuple[int, int] | None = None) -> Any:
     """2-D cross-correlation (PyTorch's ``conv2d``), optionally fused with bias and ReLU.
 
     Args:
@@ -327,6 +349,8 @@ def conv2d_forward(x: Any, w: Any, b: Any = None, stride: int | tuple[int, int] 
             ``relu_output=y`` to mask the incoming gradient.
         return_cols: also return the im2col matrix so backward need not rebuild it
             (costs (N*OH*OW, K) memory per layer until backward; off by default).
+        out_size: compute only the top-left (OH', OW') outputs (see ``crop_outputs``);
+            OH, OW below then mean OH', OW'.
 
     Returns:
         y of shape (N, OC, OH, OW), channels-last memory (see module docstring); a fresh
@@ -340,7 +364,8 @@ def conv2d_forward(x: Any, w: Any, b: Any = None, stride: int | tuple[int, int] 
     """
     check_4d(OP, "input", x, "(N, C, H, W)")
     check_4d(OP, "weight", w, "(OC, C/groups, KH, KW)")
-    g = conv2d_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    g = crop_outputs(conv2d_geometry(x.shape, w.shape, stride, padding, dilation, groups),
+                     out_size)
     _check_dtypes(("input", x), ("weight", w), ("bias", b))
     if b is not None and tuple(b.shape) != (g.oc,):
         raise ValueError(f"{OP}: bias must have shape ({g.oc},), got {tuple(b.shape)}")
@@ -423,8 +448,8 @@ def conv2d_grad_weight(x: Any, gy: Any, w_shape: tuple[int, int, int, int],
 def conv2d_backward(x: Any, w: Any, gy: Any, stride: Any = 1, padding: Any = 0,
                     dilation: Any = 1, groups: int = 1, *, cols: Any = None,
                     relu_output: Any = None, need_input_grad: bool = True,
-                    need_weight_grad: bool = True, need_bias_grad: bool = True
-                    ) -> tuple[Any, Any, Any]:
+                    need_weight_grad: bool = True, need_bias_grad: bool = True,
+                    out_size: tuple[int, int] | None = None) -> tuple[Any, Any, Any]:
     """All gradients of ``conv2d_forward`` in one call, sharing the reshaped gy.
 
     Args:
@@ -440,6 +465,8 @@ def conv2d_backward(x: Any, w: Any, gy: Any, stride: Any = 1, padding: Any = 0,
         need_input_grad: compute gx; False skips it (the first layer of a net needs no gx).
         need_weight_grad: compute gw; False skips it.
         need_bias_grad: compute gb; False skips it.
+        out_size: forward's ``out_size``; gy then holds only those outputs (the others'
+            gradients are zero).
 
     Returns:
         (gx, gw, gb): gx like x's shape and layout (channels-last if x was, else C order),
@@ -452,7 +479,8 @@ def conv2d_backward(x: Any, w: Any, gy: Any, stride: Any = 1, padding: Any = 0,
     """
     check_4d(OP, "input", x, "(N, C, H, W)")
     check_4d(OP, "weight", w, "(OC, C/groups, KH, KW)")
-    g = conv2d_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    g = crop_outputs(conv2d_geometry(x.shape, w.shape, stride, padding, dilation, groups),
+                     out_size)
     _check_dtypes(("input", x), ("weight", w), ("grad_output", gy))
     rows = _gy_rows(gy, g, relu_output)
     gb = _grad_bias(rows) if need_bias_grad else None

@@ -150,3 +150,35 @@ def test_conv2d_matches_torch(backend, cfg):
     yt.backward(torch.tensor(gy))
     for got, t in zip(conv2d_backward(x, w, gy, *args), (xt, wt, bt)):
         np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("x_layout", ["c", "channels_last"])
+@pytest.mark.parametrize("case", [
+    # x shape, w shape, stride, padding, dilation, groups, out_size
+    ((2, 3, 15, 15), (4, 3, 3, 3), 1, 0, 1, 1, (12, 12)),
+    ((1, 4, 9, 8), (6, 2, 3, 2), 2, 1, (1, 2), 2, (2, 3)),
+    ((2, 2, 6, 6), (3, 2, 3, 3), 1, 1, 1, 1, (6, 6)),  # nothing dropped
+])
+def test_cropped_outputs_equal_the_full_conv_cropped(case, x_layout, backend):
+    xs, ws, s, p, d, g, out_size = case
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(xs)
+    x = channels_last(x) if x_layout == "channels_last" else x
+    w, b = rng.standard_normal(ws), rng.standard_normal(ws[0])
+    oh, ow = out_size
+    full = conv2d_forward(x, w, b, s, p, d, g)
+    part = conv2d_forward(x, w, b, s, p, d, g, out_size=out_size)
+    np.testing.assert_allclose(part, full[:, :, :oh, :ow], rtol=1e-12, atol=1e-12)
+    gy_part = rng.standard_normal(part.shape)
+    gy_full = np.zeros(full.shape)
+    gy_full[:, :, :oh, :ow] = gy_part
+    got = conv2d_backward(x, w, gy_part, s, p, d, g, out_size=out_size)
+    want = conv2d_backward(x, w, gy_full, s, p, d, g)
+    for a, r in zip(got, want):
+        np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12)
+
+
+def test_out_size_is_checked():
+    x, w = np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3))
+    with pytest.raises(ValueError, match=r"conv2d: out_size \(4, 3\) must be between"):
+        conv2d_forward(x, w, out_size=(4, 3))
