@@ -30,6 +30,7 @@ from minidl.functional.conv import KEEP_COLS_MAX_BYTES, Conv2dGradInput, Conv2dG
 from minidl.functional.pool import MaxPool2dGrad
 from minidl.functional.shape import pad
 from minidl.kernels import conv as KC
+from minidl.kernels import conv_pool as KCP
 from minidl.kernels import pool as KP
 from minidl.kernels.elementwise import relu_backward
 
@@ -75,6 +76,12 @@ class Conv2dMaxPool2d(Function):
         p, self.indices = KP.max_pool2d_forward(y, *self.pool_args)
         return p
 
+    def _sparse_grad_weight(self, gpm: Any, w: Any) -> bool:
+        # the gather of minidl.kernels.conv_pool: NumPy, no groups, a short K, cols kept
+        oc, cg, kh, kw = w.shape
+        return (self.cols is not None and KC.use_numba(gpm, w, self.cols)
+                and self.args[3] == 1 and cg * kh * kw <= KCP.SPARSE_MAX_K)
+
     def backward(self, gp: Tensor) -> tuple:
         x, w = self.inputs[:2]
         need = self.needs_input_grad
@@ -82,10 +89,17 @@ class Conv2dMaxPool2d(Function):
         if not is_grad_enabled():  # plain backward: array kernels
             # gp * (p > 0), channels-last like p (the layout the kernels below prefer)
             gpm = relu_backward(gp.data, self.output().data) if self.relu else gp.data
-            gy = KP.max_pool2d_backward(gpm, self.indices, self.y_shape)
-            gx, gw, _ = KC.conv2d_backward(
-                x.data, w.data, gy, *self.args, cols=self.cols, need_input_grad=need[0],
-                need_weight_grad=need[1], need_bias_grad=False, out_size=self.out_size)
+            gw = gx = None
+            if need[1] and self._sparse_grad_weight(gpm, w.data):
+                gw = KCP.pooled_grad_weight(gpm, self.output().data, self.indices, self.cols,
+                                            self.y_shape[2:], w.shape)
+            if need[0] or (need[1] and gw is None):
+                gy = KP.max_pool2d_backward(gpm, self.indices, self.y_shape)
+                gx, gw_dense, _ = KC.conv2d_backward(
+                    x.data, w.data, gy, *self.args, cols=self.cols, need_input_grad=need[0],
+                    need_weight_grad=need[1] and gw is None, need_bias_grad=False,
+                    out_size=self.out_size)
+                gw = gw_dense if gw is None else gw
             gb = KC.channel_sums(gpm) if has_bias and need[2] else None
             self.cols = None
             grads = tuple(None if g is None else Tensor._make(g, False) for g in (gx, gw, gb))
