@@ -68,12 +68,18 @@ class Conv2dMaxPool2d(Function):
         self.cols = None
         keep = (self.needs_input_grad[1:2] == (True,) and
                 g.n * g.oh * g.ow * g.kh * g.kw * g.c * x.itemsize <= KEEP_COLS_MAX_BYTES)
-        y = KC.conv2d_forward(x, w, b, *self.args, relu=self.relu, return_cols=keep,
+        # NumPy with several channels: bias and ReLU applied by the pooling as it reads y
+        epilogue_in_pool = KC.use_numba(x, w) and g.oc > 1
+        y = KC.conv2d_forward(x, w, None if epilogue_in_pool else b, *self.args,
+                              relu=self.relu and not epilogue_in_pool, return_cols=keep,
                               out_size=self.out_size)
         if keep:
             y, self.cols = y
         self.y_shape = y.shape
-        p, self.indices = KP.max_pool2d_forward(y, *self.pool_args)
+        if epilogue_in_pool:
+            p, self.indices = KCP.bias_act_max_pool2d(y, b, self.relu, *self.pool_args)
+        else:
+            p, self.indices = KP.max_pool2d_forward(y, *self.pool_args)
         return p
 
     def _sparse_grad_weight(self, gpm: Any, w: Any) -> bool:

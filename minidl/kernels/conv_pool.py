@@ -1,5 +1,10 @@
 """Kernels for a convolution whose output feeds a max-pool (``conv2d_max_pool2d``).
 
+Forward epilogue in the pooling. The conv's GEMM writes ``y`` without bias; the pooling
+reads each value once anyway, so it adds the bias and applies the ReLU as it reads
+(``bias_act_max_pool2d``), the same operations in the same order as the conv epilogue
+(bit-identical results) without a separate read-modify-write pass over ``y``.
+
 Weight gradient from the pooled gradient. A max-pool passes each window's gradient to one
 conv output only (its arg-max), so the conv's row-shaped gradient ``gy_rows`` (N*OH*OW, OC)
 has at most one non-zero per window and channel: three quarters zeros for 2x2 pooling,
@@ -18,9 +23,13 @@ only for K <= ``SPARSE_MAX_K``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
 from numba import njit, prange
+
+from minidl.kernels.pool import _max_fwd_cl, pool2d_geometry
 
 # Largest K = KH*KW*C for which the gather beats the dense GEMM (measured on the seed CNN:
 # K=27, 1.2-1.8 ms against 3.0-3.4 ms for the scatter and GEMM it replaces; K=288 loses).
@@ -89,3 +98,40 @@ def pooled_grad_weight(gp: np.ndarray, pooled: np.ndarray, indices: np.ndarray,
                         parts)
     gw = parts.sum(axis=0, dtype=np.float64).astype(cols.dtype)
     return np.ascontiguousarray(gw.reshape(oc, kh, kw, c).transpose(0, 3, 1, 2))
+
+
+def bias_act_max_pool2d(y: np.ndarray, b: np.ndarray | None, relu: bool, kernel_size: Any,
+                        stride: Any = None, padding: Any = 0, dilation: Any = 1,
+                        ceil_mode: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``max_pool2d_forward(act(y + b))`` in one pass, for a channels-last NumPy ``y``.
+
+    Args:
+        y: conv output before bias (N, OC, OH, OW), channels-last memory, OC > 1.
+        b: bias (OC,) or None.
+        relu: apply ReLU after the bias.
+        kernel_size: max-pool arguments, as ``max_pool2d_forward``.
+        stride: as ``max_pool2d_forward``.
+        padding: as ``max_pool2d_forward``.
+        dilation: as ``max_pool2d_forward``.
+        ceil_mode: as ``max_pool2d_forward``.
+
+    Returns:
+        (p, indices), channels-last, as ``max_pool2d_forward`` of the activated ``y``.
+
+    >>> y = np.arange(8.0).reshape(1, 2, 2, 2) - 6     # channel 0: -6..-3, channel 1: -2..1
+    >>> y = np.ascontiguousarray(y.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    >>> p, i = bias_act_max_pool2d(y, np.array([0.0, 1.0]), True, 2)
+    >>> p.ravel().tolist(), i.ravel().tolist()
+    ([0.0, 2.0], [0, 3])
+    """
+    n, c = y.shape[:2]
+    if c < 2 or not (isinstance(y, np.ndarray) and y.transpose(0, 2, 3, 1).flags.c_contiguous):
+        raise ValueError("bias_act_max_pool2d: y must be a channels-last NumPy array with at "
+                         f"least 2 channels, got shape {y.shape}")
+    kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = pool2d_geometry(
+        "max_pool2d", y.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    p = np.empty((n, oh, ow, c), y.dtype)
+    ind = np.empty((n, oh, ow, c), np.int32)
+    _max_fwd_cl(y.transpose(0, 2, 3, 1), p, ind, kh, kw, sh, sw, ph, pw, dh, dw,
+                y[:0, 0, 0, 0] if b is None else b, b is not None, relu)
+    return p.transpose(0, 3, 1, 2), ind.transpose(0, 3, 1, 2)

@@ -71,7 +71,9 @@ def pool2d_geometry(op: str, x_shape: tuple[int, ...], kernel_size: Any, stride:
 
 
 @njit(parallel=True, cache=True, fastmath=False)
-def _max_fwd_cl(x, y, ind, KH, KW, SH, SW, PH, PW, DH, DW):  # noqa: N803
+def _max_fwd_cl(x, y, ind, KH, KW, SH, SW, PH, PW, DH, DW, b, use_bias, relu):  # noqa: N803
+    # With use_bias / relu each value read is first mapped to act(x + b[c]), exactly as
+    # the conv epilogue would (``minidl.kernels.conv_pool``): one pass instead of two.
     N, H, W, C = x.shape
     _, OH, OW, _ = y.shape
     for r in prange(N * OH):
@@ -94,6 +96,10 @@ def _max_fwd_cl(x, y, ind, KH, KW, SH, SW, PH, PW, DH, DW):  # noqa: N803
                     p = ih * W + iw
                     for c in range(C):
                         v = x[n, ih, iw, c]
+                        if use_bias:
+                            v += b[c]
+                        if relu and v < 0:  # NaN passes through, as in the conv epilogue
+                            v = 0
                         if idx[c] < 0 or v > m[c] or v != v:
                             m[c] = v
                             idx[c] = p
@@ -416,7 +422,7 @@ def max_pool2d_forward(x: Any, kernel_size: int | tuple[int, int],
         y = empty_channels_last(np, (n, c, oh, ow), x.dtype)
         ind = empty_channels_last(np, (n, c, oh, ow), np.int32)
         _max_fwd_cl(x.transpose(0, 2, 3, 1), y.transpose(0, 2, 3, 1), ind.transpose(0, 2, 3, 1),
-                    kh, kw, sh, sw, ph, pw, dh, dw)
+                    kh, kw, sh, sw, ph, pw, dh, dw, x[:0, 0, 0, 0], False, False)
     else:
         y = np.empty((n, c, oh, ow), x.dtype)
         ind = np.empty((n, c, oh, ow), np.int32)

@@ -90,8 +90,9 @@ def test_nan_and_all_negative_windows_route_like_unfused(kernels):
     # wins its window and passes no gradient through the ReLU mask either.
     x = minidl.tensor(np.array([[[[1.0, -2.0, -1.0, -3.0],
                                   [np.nan, 0.5, -4.0, -5.0]]]]), requires_grad=True)
-    w = minidl.tensor(np.ones((1, 1, 1, 1)), requires_grad=True)
-    fused, unfused = _pair(((1, 1, 2, 4), (1, 1, 1, 1), (1, 0, 1, 1), (2, None, 0)),
+    # two output channels (weights 1 and -1): the pooling applies the ReLU itself
+    w = minidl.tensor(np.array([1.0, -1.0]).reshape(2, 1, 1, 1), requires_grad=True)
+    fused, unfused = _pair(((1, 1, 2, 4), (2, 1, 1, 1), (1, 0, 1, 1), (2, None, 0)),
                            "relu", False)
     a, r = fused(x, w), unfused(x, w)
     np.testing.assert_array_equal(a.detach().numpy(), r.detach().numpy())
