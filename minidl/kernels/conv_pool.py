@@ -18,7 +18,16 @@ N*OH*OW*OC. For a layer with few input channels (the first layer: K = 3*3*3 = 27
 the GEMM's two short sides of 27 and 32 keep BLAS far from its peak) this gather wins, and
 the first layer, which needs no input gradient, never forms ``gy_rows`` at all. For wide
 layers (K in the hundreds) BLAS's blocked GEMM wins, so ``conv2d_max_pool2d`` uses this
-only for K <= ``SPARSE_MAX_K``.
+only for K <= ``SPARSE_MAX_K``, or when pooling keeps at most a quarter of the outputs.
+
+Input gradient the same way. The dense route computes ``gcols = gy_rows @ w_mat`` (a GEMM
+over all N*OH*OW rows, three quarters of them zero) and folds it with col2im. Scattering
+each non-zero pooled gradient straight through the KH*KW taps of its conv output,
+
+    gx[n, ih, iw, :] += gp[n, i, j, oc] * w[oc, :, kh, kw]   for every tap (kh, kw)
+
+does a quarter of the multiply-adds (fewer still after the ReLU mask) and never forms the
+(N*OH*OW, K) matrix ``gcols``. Each task owns whole samples of ``gx``: no races.
 """
 
 from __future__ import annotations
@@ -135,3 +144,64 @@ def bias_act_max_pool2d(y: np.ndarray, b: np.ndarray | None, relu: bool, kernel_
     _max_fwd_cl(y.transpose(0, 2, 3, 1), p, ind, kh, kw, sh, sw, ph, pw, dh, dw,
                 y[:0, 0, 0, 0] if b is None else b, b is not None, relu)
     return p.transpose(0, 3, 1, 2), ind.transpose(0, 3, 1, 2)
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _pooled_grad_input(gp, out, ind, wt, gx, SH, SW, PT, PL, DH, DW, OW):  # noqa: N803
+    # gp, out, ind: (N, PH, PW, OC) views; wt: (OC, KH, KW, C); gx: (N, H, W, C) out.
+    N, PH, PW, OC = gp.shape
+    _, KH, KW, C = wt.shape
+    H, W = gx.shape[1], gx.shape[2]
+    for n in prange(N):
+        gx[n] = 0
+        for i in range(PH):
+            for j in range(PW):
+                for oc in range(OC):
+                    g = gp[n, i, j, oc]
+                    if g != 0 or not abs(out[n, i, j, oc]) < np.inf:
+                        pos = ind[n, i, j, oc]
+                        oh = pos // OW
+                        ow = pos - oh * OW
+                        for kh in range(KH):
+                            ih = oh * SH - PT + kh * DH
+                            if 0 <= ih < H:
+                                for kw in range(KW):
+                                    iw = ow * SW - PL + kw * DW
+                                    if 0 <= iw < W:
+                                        for c in range(C):
+                                            gx[n, ih, iw, c] += g * wt[oc, kh, kw, c]
+
+
+def pooled_grad_input(gp: np.ndarray, pooled: np.ndarray, indices: np.ndarray, w: np.ndarray,
+                      x_shape: tuple[int, int, int, int], g: Any) -> np.ndarray:
+    """Conv input gradient from the gradient of its max-pooled output (NumPy arrays).
+
+    Args:
+        gp: gradient of the pooled output (N, OC, PH, PW), any layout, ReLU-masked.
+        pooled: the pooled output (N, OC, PH, PW) (non-finite values keep propagating).
+        indices: the pool's arg-max, flat ``ih * OW + iw`` in the conv output plane.
+        w: conv weight (OC, C, KH, KW); groups are not supported.
+        x_shape: (N, C, H, W) of the conv input.
+        g: the conv's ``ConvGeometry`` (``minidl.kernels.conv``), cropped to the outputs
+            the pooling reads; its ``ow`` is the plane width the indices refer to.
+
+    Returns:
+        gx of shape x_shape, channels-last memory.
+
+    >>> w = np.ones((1, 1, 2, 2)); gp = np.ones((1, 1, 1, 1))
+    >>> from minidl.kernels.conv import conv2d_geometry
+    >>> geo = conv2d_geometry((1, 1, 3, 3), w.shape)           # 2x2 conv output
+    >>> gx = pooled_grad_input(gp, gp, np.array([[[[3]]]], np.int32), w, (1, 1, 3, 3), geo)
+    >>> gx[0, 0].tolist()                 # arg-max at output (1, 1): its 2x2 input window
+    [[0.0, 0.0, 0.0], [0.0, 1.0, 1.0], [0.0, 1.0, 1.0]]
+    """
+    n, c, h, wd = x_shape
+    if g.groups != 1 or tuple(w.shape) != (g.oc, c, g.kh, g.kw):
+        raise ValueError(f"pooled_grad_input: weight {w.shape} does not match the geometry "
+                         f"(groups must be 1)")
+    gx = np.empty((n, h, wd, c), dtype=gp.dtype)
+    wt = np.ascontiguousarray(w.transpose(0, 2, 3, 1))
+    _pooled_grad_input(gp.transpose(0, 2, 3, 1), pooled.transpose(0, 2, 3, 1),
+                       indices.transpose(0, 2, 3, 1), wt, gx, g.sh, g.sw, g.pad[0], g.pad[2],
+                       g.dh, g.dw, g.ow)
+    return gx.transpose(0, 3, 1, 2)

@@ -71,3 +71,39 @@ def test_fused_op_gather_and_dense_paths_agree_with_unfused(sparse_max_k, x_need
     want = minidl.autograd.grad((ref * gp).sum(), inputs)
     for a, r in zip(got, want):
         np.testing.assert_allclose(a.numpy(), r.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("conv", [
+    # x shape, w shape, stride, padding, dilation
+    ((3, 4, 12, 12), (6, 4, 3, 3), 1, 0, 1),
+    ((2, 3, 13, 11), (5, 3, 3, 3), 1, 1, 1),
+    ((2, 2, 15, 15), (4, 2, 3, 2), 2, (1, 0), (1, 2)),
+])
+def test_input_scatter_equals_dense_transposed_conv(dtype, conv):
+    from minidl.kernels.conv import conv2d_backward, conv2d_forward, conv2d_geometry
+
+    xs, ws, s, p, d = conv
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal(ws).astype(dtype)
+    y = conv2d_forward(x, w, None, s, p, d)
+    pooled, ind = max_pool2d_forward(y, 2)
+    gp = rng.standard_normal(pooled.shape).astype(dtype) * (rng.random(pooled.shape) < 0.7)
+    g = conv2d_geometry(xs, ws, s, p, d)
+    got = conv_pool.pooled_grad_input(gp, pooled, ind, w, xs, g)
+    gy = max_pool2d_backward(gp, ind, y.shape)
+    want = conv2d_backward(x, w, gy, s, p, d, need_weight_grad=False, need_bias_grad=False)[0]
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert got.shape == xs and got.dtype == dtype
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_input_scatter_rejects_groups():
+    from minidl.kernels.conv import conv2d_geometry
+
+    g = conv2d_geometry((1, 4, 6, 6), (4, 2, 3, 3), groups=2)
+    with pytest.raises(ValueError, match="groups must be 1"):
+        conv_pool.pooled_grad_input(np.ones((1, 4, 2, 2)), np.ones((1, 4, 2, 2)),
+                                    np.zeros((1, 4, 2, 2), np.int32), np.ones((4, 2, 3, 3)),
+                                    (1, 4, 6, 6), g)
