@@ -5,12 +5,16 @@
 
 The network is the Keras CIFAR-10 tutorial's (Conv32-Pool-Conv64-Pool-Dense128-Dense10),
 float32, Adam, softmax cross-entropy, on random 3x32x32 batches. For each batch size it
-times, in interleaved rounds (minidl, then PyTorch, then the GEMM floor, repeated), a full
+times, in interleaved rounds (minidl, minidl unfused, the GEMM floor, PyTorch, repeated), a full
 training step (forward, backward, optimizer step) and reports medians and the median of
 the per-round ratios, so that machine noise hits both sides alike. The *GEMM floor* is the
 time NumPy's own BLAS takes for exactly the matrix products of one step (the im2col-GEMMs of
 both convolutions forward and backward and the two dense layers), on preallocated arrays:
-what a framework that spent nothing outside GEMM would take.
+what a framework that spent nothing outside GEMM would take. minidl runs each
+Conv2d -> MaxPool2d pair as one fused op (``minidl.nn.fusion``) that does less than those
+products: it skips the conv outputs no pooling window reads (13x13 -> 12x12 in the second
+layer) and replaces both backward GEMMs of each conv by gathers/scatters over the arg-max
+positions. "minidl_unfused" is the same model with fusion off, timed in the same rounds.
 
 Inference is batch 1000 under no_grad. Peak memory (max RSS) of a 40-step training run is
 measured in fresh subprocesses, one per framework. PyTorch is optional
@@ -71,7 +75,10 @@ def _data(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 class MinidlRunner:
-    def __init__(self, batch: int) -> None:
+    """minidl's step; ``fuse=False`` turns off Sequential's conv+pool fusion for it."""
+
+    def __init__(self, batch: int, fuse: bool = True) -> None:
+        self.fuse = fuse
         minidl.manual_seed(0)
         self.model = seed_cnn()
         self.opt = optim.Adam(self.model.parameters(), lr=1e-3)
@@ -80,10 +87,14 @@ class MinidlRunner:
         self.x, self.y = minidl.tensor(x), minidl.tensor(y)
 
     def step(self) -> None:
-        loss = self.loss(self.model(self.x), self.y)
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
+        old = nn.set_fusion(self.fuse)
+        try:
+            loss = self.loss(self.model(self.x), self.y)
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+        finally:
+            nn.set_fusion(old)
 
     def infer(self, x: np.ndarray) -> None:
         self.model.eval()
@@ -172,7 +183,8 @@ def _time(fn, steps: int) -> float:
 
 
 def bench_batch(batch: int, rounds: int, steps: int, use_torch: bool) -> dict:
-    runners = {"minidl": MinidlRunner(batch), "gemm_floor": GemmFloor(batch)}
+    runners = {"minidl": MinidlRunner(batch), "minidl_unfused": MinidlRunner(batch, False),
+               "gemm_floor": GemmFloor(batch)}
     if use_torch:
         runners["torch"] = TorchRunner(batch)
     for r in runners.values():  # warm-up: JIT compilation, allocator, caches
@@ -186,6 +198,7 @@ def bench_batch(batch: int, rounds: int, steps: int, use_torch: bool) -> dict:
            "gemm_floor_gflops": runners["gemm_floor"].flops / 1e9}
     md = np.array(times["minidl"])
     res["minidl_over_floor"] = float(np.median(md / np.array(times["gemm_floor"])))
+    res["unfused_over_fused"] = float(np.median(np.array(times["minidl_unfused"]) / md))
     if use_torch:
         res["minidl_over_torch"] = float(np.median(md / np.array(times["torch"])))
     return res
@@ -254,14 +267,15 @@ def main() -> None:
     print(f"seed CNN, float32, {args.threads} threads, {args.rounds} rounds x {args.steps} "
           f"steps; torch {results['torch']}")
     print(f"{'batch':>5} {'minidl ms':>10} {'torch ms':>9} {'floor ms':>9} "
-          f"{'minidl/torch':>12} {'minidl/floor':>12}")
+          f"{'minidl/torch':>12} {'minidl/floor':>12} {'unfused ms':>10} {'unfused/fused':>13}")
     for b in args.batch_sizes:
         r = bench_batch(b, args.rounds, args.steps, use_torch)
         results["train"].append(r)
         m = r["median_ms"]
         print(f"{b:>5} {m['minidl']:>10.1f} {m.get('torch', float('nan')):>9.1f} "
               f"{m['gemm_floor']:>9.1f} {r.get('minidl_over_torch', float('nan')):>12.2f} "
-              f"{r['minidl_over_floor']:>12.2f}", flush=True)
+              f"{r['minidl_over_floor']:>12.2f} {m['minidl_unfused']:>10.1f} "
+              f"{r['unfused_over_fused']:>13.2f}", flush=True)
     inf = bench_inference(args.rounds, use_torch)
     results["inference"] = inf
     print(f"inference batch 1000: minidl {inf['median_ms']['minidl']:.1f} ms"
