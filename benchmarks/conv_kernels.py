@@ -4,7 +4,8 @@ For each convolution shape (the seed CNN's two layers and two ResNet-style 3x3 l
 64, float32) it reports forward and backward time, achieved GFLOP/s, the time NumPy's own
 GEMM needs for the same matrix products (measured in this run), the non-GEMM share of the
 conv time, the im2col / col2im times on their own, and PyTorch's time and ratio when torch is
-importable. Max pooling is reported the same way.
+importable. Max pooling is reported the same way, and so are the seed CNN's two whole
+conv + ReLU + max-pool blocks: minidl's fused op, the same ops unfused, and PyTorch's.
 
 Threads: the thread count (``--threads``, default 2) is fixed before NumPy, numba or torch
 load, through ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` and
@@ -44,6 +45,13 @@ POOLS = [
     ("maxpool2 64x32x30x30", 64, 32, 30),
     ("maxpool2 64x64x13x13", 64, 64, 13),
 ]
+# Whole blocks conv 3x3 + bias -> ReLU -> 2x2 max-pool, as the seed CNN runs them: minidl's
+# fused op (what nn.Sequential runs), the same three ops unfused, and PyTorch's three ops.
+# (name, N, C, H, OC, first layer)
+BLOCKS = [
+    ("seed block1 3->32 32x32", 64, 3, 32, 32, True),
+    ("seed block2 32->64 15x15", 64, 32, 15, 64, False),
+]
 
 
 _STAT = "median"
@@ -67,7 +75,7 @@ def _torch_worker(threads: int, repeats: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    out: dict = {"version": torch.__version__, "conv": {}, "pool": {}}
+    out: dict = {"version": torch.__version__, "conv": {}, "pool": {}, "block": {}}
     g = torch.Generator().manual_seed(0)
     for name, n, c, h, oc, p, first in CONVS:
         x = torch.randn(n, c, h, h, generator=g).requires_grad_(not first)
@@ -80,6 +88,21 @@ def _torch_worker(threads: int, repeats: int) -> dict:
         inputs = [w, b] if first else [x, w, b]
         bwd = _median_ms(lambda: torch.autograd.grad(y, inputs, gy, retain_graph=True), repeats)
         out["conv"][name] = {"fwd_ms": fwd, "bwd_ms": bwd}
+    for name, n, c, h, oc, first in BLOCKS:
+        x = torch.randn(n, c, h, h, generator=g).requires_grad_(not first)
+        w = (torch.randn(oc, c, 3, 3, generator=g) * 0.1).requires_grad_()
+        b = torch.zeros(oc).requires_grad_()
+        inputs = [w, b] if first else [x, w, b]
+
+        def block():
+            F = torch.nn.functional
+            return F.max_pool2d(F.relu(F.conv2d(x, w, b)), 2)
+
+        with torch.no_grad():
+            fwd = _median_ms(block, repeats)
+        gp = torch.randn(block().shape, generator=g)
+        train = _median_ms(lambda: torch.autograd.grad(block(), inputs, gp), repeats)
+        out["block"][name] = {"fwd_ms": fwd, "train_ms": train}
     for name, n, c, h in POOLS:
         x = torch.randn(n, c, h, h, generator=g).requires_grad_()
         with torch.no_grad():
@@ -196,6 +219,34 @@ def main() -> None:
                      ratio_fwd=r["fwd_ms"] / t["fwd_ms"], ratio_bwd=r["bwd_ms"] / t["bwd_ms"])
         results["pool"][name] = r
 
+    import minidl
+    import minidl.functional as F
+
+    results["block"] = {}
+    for name, n, c, h, oc, first in BLOCKS:
+        x = minidl.tensor(cl(rng.standard_normal((n, c, h, h)).astype(f32)) if not first
+                          else rng.standard_normal((n, c, h, h)).astype(f32),
+                          requires_grad=not first)
+        w = minidl.tensor((rng.standard_normal((oc, c, 3, 3)) * 0.1).astype(f32),
+                          requires_grad=True)
+        b = minidl.tensor(np.zeros(oc, f32), requires_grad=True)
+        inputs = [w, b] if first else [x, w, b]
+        gp = minidl.tensor(rng.standard_normal((n, oc, (h - 2) // 2, (h - 2) // 2)).astype(f32))
+        r = {}
+        for label, block in (
+                ("fused", lambda: F.conv2d_max_pool2d(x, w, b, activation="relu")),
+                ("unfused", lambda: F.max_pool2d(F.conv2d(x, w, b, activation="relu"), 2))):
+            with minidl.no_grad():
+                r[f"{label}_fwd_ms"] = _median_ms(block, rep)
+            r[f"{label}_train_ms"] = _median_ms(
+                lambda: minidl.autograd.grad(block(), inputs, gp), rep)
+        if torch_res:
+            t = torch_res["block"][name]
+            r.update(torch_fwd_ms=t["fwd_ms"], torch_train_ms=t["train_ms"],
+                     ratio_fwd=r["fused_fwd_ms"] / t["fwd_ms"],
+                     ratio_train=r["fused_train_ms"] / t["train_ms"])
+        results["block"][name] = r
+
     if torch_res:
         results["torch"] = torch_res["version"]
     _print_table(results)
@@ -225,6 +276,15 @@ def _print_table(res: dict) -> None:
                        else f"{'':7s} {r['col2im_ms']:7.2f}"))
             if tq:
                 line += f" {r[f'torch_{ps}_ms']:8.2f} {r[f'ratio_{ps}']:6.2f}"
+            print(line)
+    print()
+    print(f"{'block conv+ReLU+pool 2x2':28s} {'pass':5s} {'fused ms':>8s} {'unfused':>8s}"
+          + (f" {'torch ms':>8s} {'fused/torch':>11s}" if tq else ""))
+    for name, r in res["block"].items():
+        for ps, label in (("fwd", "fwd"), ("train", "f+b")):
+            line = f"{name:28s} {label:5s} {r[f'fused_{ps}_ms']:8.2f} {r[f'unfused_{ps}_ms']:8.2f}"
+            if tq:
+                line += f" {r[f'torch_{ps}_ms']:8.2f} {r[f'ratio_{ps}']:11.2f}"
             print(line)
     print()
     for name, r in res["pool"].items():

@@ -51,6 +51,12 @@ class Conv2d(Function):
             out, self.cols = out
         return out
 
+    def _release(self) -> None:
+        # the im2col matrix lives as long as the other saved values: a retained graph
+        # keeps it for the next backward
+        super()._release()
+        self.cols = None
+
     def backward(self, gy: Tensor) -> tuple:
         x, w = self.inputs[:2]
         need = self.needs_input_grad
@@ -61,10 +67,8 @@ class Conv2d(Function):
                 x.data, w.data, gy.data, *self.args, cols=self.cols, relu_output=y,
                 need_input_grad=need[0], need_weight_grad=need[1],
                 need_bias_grad=has_bias and need[2])
-            self.cols = None
             grads = tuple(None if g is None else Tensor._make(g, False) for g in (gx, gw, gb))
         else:  # create_graph: differentiable pieces
-            self.cols = None
             if y is not None:
                 gy = gy * Tensor._make((y > 0).astype(gy.dtype), False)
             gx = Conv2dGradInput.apply(gy, w, x_shape=x.shape, args=self.args) if need[0] \

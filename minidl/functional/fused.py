@@ -85,6 +85,10 @@ class Conv2dMaxPool2d(Function):
             p, self.indices = KP.max_pool2d_forward(y, *self.pool_args)
         return p
 
+    def _release(self) -> None:  # as Conv2d: the saved im2col matrix goes with the graph
+        super()._release()
+        self.cols = None
+
     def _sparse_paths(self, gpm: Any, w: Any) -> tuple[bool, bool]:
         """Whether to take the weight gather / input scatter of minidl.kernels.conv_pool
         (NumPy arrays, no groups): when pooling keeps at most a quarter of the conv
@@ -122,10 +126,8 @@ class Conv2dMaxPool2d(Function):
                 gx = gx_dense if gx is None else gx
                 gw = gw_dense if gw is None else gw
             gb = KC.channel_sums(gpm) if has_bias and need[2] else None
-            self.cols = None
             grads = tuple(None if g is None else Tensor._make(g, False) for g in (gx, gw, gb))
         else:  # create_graph: differentiable pieces, as in Conv2d
-            self.cols = None
             if self.relu:
                 gp = gp * Tensor._make((self.output().data > 0).astype(gp.dtype), False)
             gy = MaxPool2dGrad.apply(gp, indices=self.indices, x_shape=self.y_shape)

@@ -204,3 +204,15 @@ def test_summary_still_lists_every_layer():
     net = nn.Sequential(nn.Conv2d(3, 4, 3, activation="relu"), nn.MaxPool2d(2))
     text = nn.summary(net, (1, 3, 8, 8), print_fn=None)
     assert "Conv2d" in text and "MaxPool2d" in text and "(None, 4, 6, 6)" in text
+
+
+def test_retained_graph_keeps_the_fast_path_and_frees_after():
+    x = minidl.randn(2, 3, 8, 8)
+    w, b = minidl.randn(4, 3, 3, 3, requires_grad=True), minidl.randn(4, requires_grad=True)
+    p = F.conv2d_max_pool2d(x, w, b, activation="relu")
+    node = p.grad_fn
+    assert node.cols is not None
+    p.sum().backward(retain_graph=True)
+    assert node.cols is not None           # kept for the next backward
+    p.sum().backward()
+    assert node.cols is None               # freed with the graph
