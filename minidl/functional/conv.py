@@ -71,13 +71,30 @@ class Conv2d(Function):
         else:  # create_graph: differentiable pieces
             if y is not None:
                 gy = gy * Tensor._make((y > 0).astype(gy.dtype), False)
-            gx = Conv2dGradInput.apply(gy, w, x_shape=x.shape, args=self.args) if need[0] \
-                else None
-            gw = Conv2dGradWeight.apply(x, gy, w_shape=w.shape, args=self.args) if need[1] \
-                else None
-            gb = gy.sum(axis=(0, 2, 3)) if has_bias and need[2] else None
-            grads = (gx, gw, gb)
+            grads = differentiable_grads(x, w, gy, self.args, need, has_bias)
         return grads if has_bias else grads[:2]
+
+
+def differentiable_grads(x: Tensor, w: Tensor, gy: Tensor, args: tuple,
+                         need: tuple[bool, ...], has_bias: bool) -> tuple:
+    """(gx, gw, gb) of a conv from its output gradient ``gy`` (already ReLU-masked), built
+    from differentiable ops so that ``create_graph=True`` gives second derivatives."""
+    gx = Conv2dGradInput.apply(gy, w, x_shape=x.shape, args=args) if need[0] else None
+    gw = Conv2dGradWeight.apply(x, gy, w_shape=w.shape, args=args) if need[1] else None
+    gb = gy.sum(axis=(0, 2, 3)) if has_bias and need[2] else None
+    return gx, gw, gb
+
+
+def checked_inputs(op: str, x: Any, weight: Any, bias: Any, activation: Any) -> tuple:
+    """Lower to float16 inside autocast, check types and ``activation``; return
+    ``(x, weight, bias)`` for a conv-like op named ``op`` in errors."""
+    x, weight, bias = amp.lower(x, weight, bias)  # float16 GEMM inside autocast
+    for name, t in (("input", x), ("weight", weight), ("bias", bias)):
+        if t is not None and not isinstance(t, Tensor):
+            raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
+    if activation not in (None, "relu"):
+        raise ValueError(f"{op}: activation must be None or 'relu', got {activation!r}")
+    return x, weight, bias
 
 
 class Conv2dGradInput(Function):
@@ -150,12 +167,7 @@ def conv2d(
     >>> conv2d(x, w, padding="same").shape
     (2, 4, 8, 8)
     """
-    x, weight, bias = amp.lower(x, weight, bias)  # float16 GEMM inside autocast
-    for name, t in (("input", x), ("weight", weight), ("bias", bias)):
-        if t is not None and not isinstance(t, Tensor):
-            raise TypeError(f"conv2d: {name} must be a Tensor, got {type(t).__name__}")
-    if activation not in (None, "relu"):
-        raise ValueError(f"conv2d: activation must be None or 'relu', got {activation!r}")
+    x, weight, bias = checked_inputs("conv2d", x, weight, bias, activation)
     args = (stride, padding, dilation, groups)
     tensors = (x, weight) if bias is None else (x, weight, bias)
     return Conv2d.apply(*tensors, args=args, relu=activation == "relu")

@@ -27,9 +27,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from minidl import amp
 from minidl.autograd import Function, Tensor, is_grad_enabled
-from minidl.functional.conv import KEEP_COLS_MAX_BYTES, Conv2dGradInput, Conv2dGradWeight
+from minidl.functional.conv import KEEP_COLS_MAX_BYTES, checked_inputs, differentiable_grads
 from minidl.functional.pool import MaxPool2dGrad
 from minidl.functional.shape import pad
 from minidl.kernels import conv as KC
@@ -134,12 +133,7 @@ class Conv2dMaxPool2d(Function):
             if any(self.pad_rows_cols):  # the unread outputs get zero gradient
                 gy = pad(gy, ((0, 0), (0, 0), (0, self.pad_rows_cols[0]),
                               (0, self.pad_rows_cols[1])))
-            gx = Conv2dGradInput.apply(gy, w, x_shape=x.shape, args=self.args) if need[0] \
-                else None
-            gw = Conv2dGradWeight.apply(x, gy, w_shape=w.shape, args=self.args) if need[1] \
-                else None
-            gb = gp.sum(axis=(0, 2, 3)) if has_bias and need[2] else None
-            grads = (gx, gw, gb)
+            grads = differentiable_grads(x, w, gy, self.args, need, has_bias)
         return grads if has_bias else grads[:2]
 
 
@@ -182,14 +176,7 @@ def conv2d_max_pool2d(
     >>> p.shape, bool((p.numpy() == ref.numpy()).all())
     ((2, 4, 3, 3), True)
     """
-    x, weight, bias = amp.lower(x, weight, bias)
-    for name, t in (("input", x), ("weight", weight), ("bias", bias)):
-        if t is not None and not isinstance(t, Tensor):
-            raise TypeError(f"conv2d_max_pool2d: {name} must be a Tensor, got "
-                            f"{type(t).__name__}")
-    if activation not in (None, "relu"):
-        raise ValueError(f"conv2d_max_pool2d: activation must be None or 'relu', got "
-                         f"{activation!r}")
+    x, weight, bias = checked_inputs("conv2d_max_pool2d", x, weight, bias, activation)
     tensors = (x, weight) if bias is None else (x, weight, bias)
     return Conv2dMaxPool2d.apply(*tensors, args=(stride, padding, dilation, groups),
                                  pool_args=(pool_size, pool_stride, pool_padding, 1, False),
