@@ -55,9 +55,11 @@ class Conv2dMaxPool2d(Function):
     Only the conv outputs some pooling window reads are computed (``crop_outputs``): for
     the seed CNN's second layer 12x12 of 13x13, 15% less GEMM work forward and backward.
 
-    Backward: ``gpm = gp * (p > 0)`` (just ``gp`` without ReLU); ``gy`` = ``gpm`` scattered
-    to the arg-max positions (N, OC, OH, OW), zero where no window reads; then conv2d's
-    backward with that ``gy`` (``gx``, ``gw``) and ``gb = gpm.sum((0, 2, 3))``.
+    Backward: ``gpm = gp * (p > 0)`` (just ``gp`` without ReLU) and ``gb = gpm.sum((0, 2,
+    3))``. For NumPy arrays without groups, ``gw`` is gathered and ``gx`` scattered from
+    ``gpm`` directly (``minidl.kernels.conv_pool``); otherwise ``gy`` = ``gpm`` scattered to
+    the arg-max positions (N, OC, OH, OW), zero where no window reads, goes through
+    conv2d's backward.
     """
 
     relu = False

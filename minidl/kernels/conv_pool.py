@@ -137,6 +137,9 @@ def bias_act_max_pool2d(y: np.ndarray, b: np.ndarray | None, relu: bool, kernel_
     if c < 2 or not (isinstance(y, np.ndarray) and y.transpose(0, 2, 3, 1).flags.c_contiguous):
         raise ValueError("bias_act_max_pool2d: y must be a channels-last NumPy array with at "
                          f"least 2 channels, got shape {y.shape}")
+    if b is not None and (tuple(b.shape) != (c,) or b.dtype != y.dtype):
+        raise ValueError(f"conv2d: bias must have shape ({c},) and dtype {y.dtype}, got "
+                         f"shape {tuple(b.shape)} and dtype {b.dtype}")
     kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = pool2d_geometry(
         "max_pool2d", y.shape, kernel_size, stride, padding, dilation, ceil_mode)
     p = np.empty((n, oh, ow, c), y.dtype)

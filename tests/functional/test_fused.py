@@ -125,6 +125,9 @@ def test_fused_errors_name_the_op():
         F.conv2d_max_pool2d(x, minidl.randn(4, 2, 3, 3))
     with pytest.raises(ValueError, match="max_pool2d"):
         F.conv2d_max_pool2d(x, w, pool_size=3, pool_padding=2)
+    for bad in (minidl.randn(5), minidl.randn(3), minidl.tensor(np.zeros(4))):  # float64
+        with pytest.raises(ValueError, match="conv2d: bias"):
+            F.conv2d_max_pool2d(x, w, bad, activation="relu")
 
 
 # ------------------------------------------------------------------ Sequential fusion
