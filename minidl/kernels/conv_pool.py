@@ -45,6 +45,12 @@ from minidl.kernels.pool import _max_fwd_cl, pool2d_geometry
 SPARSE_MAX_K = 64
 
 
+def _check_pooled(op: str, gp: np.ndarray, pooled: np.ndarray, indices: np.ndarray) -> None:
+    if not (gp.ndim == 4 and gp.shape == pooled.shape == indices.shape):
+        raise ValueError(f"{op}: gradient {gp.shape}, pooled output {pooled.shape} and "
+                         f"indices {indices.shape} must be the same 4-D shape")
+
+
 @njit(parallel=True, cache=True, fastmath=False)
 def _pooled_grad_weight(gp, out, ind, cols, plane, parts):  # pragma: no cover - compiled
     # gp, out, ind: (N, PH, PW, OC) views, any strides; ind flat in each sample's (OH, OW)
@@ -95,6 +101,7 @@ def pooled_grad_weight(gp: np.ndarray, pooled: np.ndarray, indices: np.ndarray,
     >>> pooled_grad_weight(gp, gp, ind, cols, (2, 2), (1, 2, 1, 1)).ravel().tolist()
     [6.0, 7.0]
     """
+    _check_pooled("pooled_grad_weight", gp, pooled, indices)
     n, oc, ph, pw = gp.shape
     oc_, c, kh, kw = w_shape
     if oc_ != oc or cols.shape != (n * conv_out_hw[0] * conv_out_hw[1], kh * kw * c):
@@ -198,10 +205,11 @@ def pooled_grad_input(gp: np.ndarray, pooled: np.ndarray, indices: np.ndarray, w
     >>> gx[0, 0].tolist()                 # arg-max at output (1, 1): its 2x2 input window
     [[0.0, 0.0, 0.0], [0.0, 1.0, 1.0], [0.0, 1.0, 1.0]]
     """
+    _check_pooled("pooled_grad_input", gp, pooled, indices)
     n, c, h, wd = x_shape
-    if g.groups != 1 or tuple(w.shape) != (g.oc, c, g.kh, g.kw):
-        raise ValueError(f"pooled_grad_input: weight {w.shape} does not match the geometry "
-                         f"(groups must be 1)")
+    if gp.shape[:2] != (n, g.oc) or g.groups != 1 or tuple(w.shape) != (g.oc, c, g.kh, g.kw):
+        raise ValueError(f"pooled_grad_input: gradient {gp.shape} or weight {w.shape} does "
+                         f"not match the geometry (groups must be 1)")
     gx = np.empty((n, h, wd, c), dtype=gp.dtype)
     wt = np.ascontiguousarray(w.transpose(0, 2, 3, 1))
     _pooled_grad_input(gp.transpose(0, 2, 3, 1), pooled.transpose(0, 2, 3, 1),

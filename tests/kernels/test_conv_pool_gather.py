@@ -107,3 +107,10 @@ def test_input_scatter_rejects_groups():
         conv_pool.pooled_grad_input(np.ones((1, 4, 2, 2)), np.ones((1, 4, 2, 2)),
                                     np.zeros((1, 4, 2, 2), np.int32), np.ones((4, 2, 3, 3)),
                                     (1, 4, 6, 6), g)
+
+
+def test_pooled_arrays_must_agree():
+    ok = np.ones((1, 2, 1, 1))
+    with pytest.raises(ValueError, match="pooled_grad_weight: gradient .* must be the same"):
+        conv_pool.pooled_grad_weight(ok, np.ones((1, 2, 1, 2)), np.zeros((1, 2, 1, 1), np.int32),
+                                     np.ones((4, 1)), (2, 2), (2, 1, 1, 1))
