@@ -29,6 +29,13 @@ from minidl.kernels import conv as K
 KEEP_COLS_MAX_BYTES = 32 * 2**20
 
 
+def keep_cols(fn: Function, g: K.ConvGeometry, itemsize: int) -> bool:
+    """Whether forward should keep its im2col matrix: the weight needs a gradient and the
+    matrix (N*OH*OW, KH*KW*C) is at most ``KEEP_COLS_MAX_BYTES``."""
+    return (fn.needs_input_grad[1:2] == (True,)
+            and g.n * g.oh * g.ow * g.kh * g.kw * g.c * itemsize <= KEEP_COLS_MAX_BYTES)
+
+
 class Conv2d(Function):
     """``y = conv2d(x, w) + b`` (then ReLU if ``relu``): x (N, C, H, W), w (OC, C/groups,
     KH, KW), b (OC,), y (N, OC, OH, OW); options ``args = (stride, padding, dilation, groups)``.
@@ -42,10 +49,9 @@ class Conv2d(Function):
 
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
         self.cols = None
-        keep = False
-        if self.needs_input_grad[1:2] == (True,):
-            g = K.conv2d_geometry(x.shape, w.shape, *self.args)
-            keep = g.n * g.oh * g.ow * g.kh * g.kw * g.c * x.itemsize <= KEEP_COLS_MAX_BYTES
+        keep = (self.needs_input_grad[1:2] == (True,)
+                and keep_cols(self, K.conv2d_geometry(x.shape, w.shape, *self.args),
+                              x.itemsize))
         out = K.conv2d_forward(x, w, b, *self.args, relu=self.relu, return_cols=keep)
         if keep:
             out, self.cols = out

@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from minidl.autograd import Function, Tensor, is_grad_enabled
-from minidl.functional.conv import KEEP_COLS_MAX_BYTES, checked_inputs, differentiable_grads
+from minidl.functional.conv import checked_inputs, differentiable_grads, keep_cols
 from minidl.functional.pool import MaxPool2dGrad
 from minidl.functional.shape import pad
 from minidl.kernels import conv as KC
@@ -70,8 +70,7 @@ class Conv2dMaxPool2d(Function):
         self.pad_rows_cols = (full.oh - self.out_size[0], full.ow - self.out_size[1])
         self.geo = g = KC.crop_outputs(full, self.out_size)
         self.cols = None
-        keep = (self.needs_input_grad[1:2] == (True,) and
-                g.n * g.oh * g.ow * g.kh * g.kw * g.c * x.itemsize <= KEEP_COLS_MAX_BYTES)
+        keep = keep_cols(self, g, x.itemsize)
         # NumPy with several channels: bias and ReLU applied by the pooling as it reads y
         epilogue_in_pool = KC.use_numba(x, w) and g.oc > 1
         y = KC.conv2d_forward(x, w, None if epilogue_in_pool else b, *self.args,
