@@ -26,6 +26,10 @@ from minidl.gradcheck import gradcheck, gradgradcheck
 from minidl.random import manual_seed
 from minidl.serialization import load, save
 
+# The engine cannot import the ops above it: bind Tensor's operators and methods (x + y,
+# x.sum(), x.to(device), ...) to minidl.functional here, once.
+functional.setup_tensor()
+
 __version__ = "0.1.0"
 
 __all__ = [

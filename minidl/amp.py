@@ -32,28 +32,14 @@ refused with a clear error.
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from minidl.autograd import Tensor
+from minidl.autograd import Tensor, _set_autocast_dtype, autocast_dtype
+from minidl.functional.math import cast
 
-
-class _AutocastState(threading.local):
-    """Per-thread autocast dtype, as in PyTorch: an ``autocast`` block in one thread leaves
-    the ops of the others in full precision."""
-
-    dtype: np.dtype | None = None  # the class attribute is every thread's default
-
-
-_state = _AutocastState()
-
-
-def autocast_dtype() -> np.dtype | None:
-    """The low-precision dtype of the active ``autocast`` block, or None outside one."""
-    return _state.dtype
+__all__ = ["GradScaler", "autocast", "autocast_dtype"]
 
 
 class autocast:  # noqa: N801 - a context manager named like PyTorch's
@@ -82,32 +68,11 @@ class autocast:  # noqa: N801 - a context manager named like PyTorch's
         self._prev: list[Any] = []
 
     def __enter__(self) -> autocast:
-        self._prev.append(_state.dtype)
-        _state.dtype = self.dtype
+        self._prev.append(_set_autocast_dtype(self.dtype))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _state.dtype = self._prev.pop()
-
-
-def _cast_all(tensors: Sequence[Any], dtype: Any) -> list[Any]:
-    from minidl.functional.math import cast
-
-    return [cast(t, dtype) if isinstance(t, Tensor) and t.dtype.kind == "f" else t
-            for t in tensors]
-
-
-def lower(*tensors: Any) -> list[Any]:
-    """Inside autocast: the float tensors cast to the half dtype (GEMM inputs); else as is."""
-    dt = _state.dtype
-    return list(tensors) if dt is None else _cast_all(tensors, dt)
-
-
-def upper(*tensors: Any) -> list[Any]:
-    """Inside autocast: half tensors cast to float32 (for precision-sensitive ops)."""
-    if _state.dtype is None:
-        return list(tensors)
-    return _cast_all(tensors, np.float32)
+        _set_autocast_dtype(self._prev.pop())
 
 
 class GradScaler:
@@ -151,8 +116,6 @@ class GradScaler:
         """``loss * scale`` (in float32), ready for ``backward()``."""
         if not self.enabled:
             return loss
-        from minidl.functional.math import cast
-
         return cast(loss, np.float32) * self.scale_value
 
     def unscale_(self, optimizer: Any) -> bool:

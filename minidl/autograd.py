@@ -11,6 +11,12 @@ hit Python's recursion limit on deep graphs; the walk here is iterative).
 Each ``Function.backward`` is written with differentiable tensor ops, so running the
 backward pass with ``create_graph=True`` records a graph of the gradient computation itself,
 which gives higher-order gradients for free.
+
+This module is the bottom of the package: it imports only ``backend`` and ``random``, never
+the ops. ``Tensor``'s operators and op methods (``+``, ``x.sum()``, ``x.to(...)``, ...) are
+the functions of ``minidl.functional``, attached once by ``minidl.functional.setup_tensor``,
+which the package's ``__init__`` calls (DeZero's ``setup_variable``). The two per-thread
+modes every op consults, grad mode and autocast, live here beside each other.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import numpy as np
 
 from minidl import backend
 from minidl.backend import Device
+from minidl.random import default_generator
 
 _DEFAULT_FLOAT = np.float32
 
@@ -119,6 +126,40 @@ class enable_grad(set_grad_enabled):
 
 
 # ----------------------------------------------------------------------------------------
+# autocast mode (the policy that reads it, ``lower``/``upper``, sits beside ``cast`` in
+# minidl.functional.math; the public context manager is ``minidl.amp.autocast``)
+
+
+class _AutocastMode(threading.local):
+    """Per-thread autocast dtype, as in PyTorch: an ``autocast`` block in one thread leaves
+    the ops of the others in full precision."""
+
+    dtype: np.dtype | None = None  # the class attribute is every thread's default
+
+
+_autocast_mode = _AutocastMode()
+
+
+def autocast_dtype() -> np.dtype | None:
+    """The low-precision dtype of the active ``minidl.amp.autocast`` block, or None.
+
+    >>> import minidl
+    >>> with minidl.amp.autocast("float16"):
+    ...     minidl.autograd.autocast_dtype()
+    dtype('float16')
+    >>> minidl.autograd.autocast_dtype() is None
+    True
+    """
+    return _autocast_mode.dtype
+
+
+def _set_autocast_dtype(dtype: np.dtype | None) -> np.dtype | None:
+    """Set this thread's autocast dtype and return the previous one (for amp.autocast)."""
+    prev, _autocast_mode.dtype = _autocast_mode.dtype, dtype
+    return prev
+
+
+# ----------------------------------------------------------------------------------------
 # Function
 
 
@@ -154,7 +195,7 @@ class Function:
     ...         return gy * 2 * minidl.Tensor(x)
     >>> x = minidl.tensor([3.0], requires_grad=True)
     >>> y = Square.apply(x); y.backward(); y, x.grad
-    (tensor([9.], grad_fn=<Square>), tensor([6.]))
+    (tensor([9.], grad_fn=<SquareBackward>), tensor([6.]))
     """
 
     inputs: tuple[Tensor, ...] | None
@@ -174,8 +215,16 @@ class Function:
 
     @property
     def name(self) -> str:
-        """The op's name, shown in error messages and in a tensor's ``grad_fn=<...>``."""
-        return type(self).__name__
+        """The op's name, shown in error messages and as ``grad_fn=<{name}Backward>``.
+
+        minidl's own Functions are classes named ``<Op>Function`` (``Conv2dFunction``
+        beside the ``nn.Conv2d`` layer), so that grep and tracebacks never confuse an op
+        with a layer; the suffix is left out here: ``Conv2dFunction`` is named ``Conv2d``.
+        """
+        name = type(self).__name__
+        if name.endswith("Function") and name != "Function":
+            return name[: -len("Function")]
+        return name
 
     def _run(self, inputs: Sequence[Tensor]) -> Any:
         for t in inputs:
@@ -274,8 +323,9 @@ class Tensor:
 
     The operators (``+ - * / ** @``, comparisons, ``x[i]``) and the methods ``exp``,
     ``log``, ``sum``, ``mean``, ``max``, ``reshape``, ``permute``, ``transpose``, ... are the
-    ops of ``minidl.functional``, bound to ``Tensor`` when it is imported; so are the
-    properties ``T`` (all axes reversed) and ``mT`` (the last two axes swapped).
+    ops of ``minidl.functional``, bound to ``Tensor`` by ``minidl.functional.setup_tensor``
+    when ``minidl`` is imported; so are ``to``, ``astype`` and the properties ``T`` (all
+    axes reversed) and ``mT`` (the last two axes swapped).
 
     Args:
         data: a NumPy or CuPy array (use ``minidl.tensor`` to build from lists/scalars).
@@ -420,7 +470,7 @@ class Tensor:
         if self.device.type != "cpu":
             extras.append(f"device='{self.device}'")
         if self._ctx is not None:
-            extras.append(f"grad_fn=<{self._ctx.name}>")
+            extras.append(f"grad_fn=<{self._ctx.name}Backward>")  # PyTorch's spelling
         elif self.requires_grad:
             extras.append("requires_grad=True")
         return "tensor(" + body + "".join(", " + e for e in extras) + ")"
@@ -479,14 +529,6 @@ class Tensor:
         """A new leaf tensor sharing the data, cut from the graph."""
         return Tensor._make(self.data, False)
 
-    def to(self, device: str | Device) -> Tensor:
-        """Return this tensor on ``device`` (self if already there); differentiable."""
-        if Device(device) == self.device:
-            return self
-        from minidl.functional.math import to_device
-
-        return to_device(self, device)
-
     def cpu(self) -> Tensor:
         """``self.to("cpu")``: this tensor on the host (self if already there)."""
         return self.to("cpu")
@@ -494,12 +536,6 @@ class Tensor:
     def cuda(self, index: int = 0) -> Tensor:
         """``self.to(f"cuda:{index}")``: this tensor on GPU ``index`` (needs CuPy)."""
         return self.to(f"cuda:{index}")
-
-    def astype(self, dtype: Any) -> Tensor:
-        """Cast to ``dtype``; differentiable between float dtypes."""
-        from minidl.functional.math import cast
-
-        return cast(self, dtype)
 
     def float(self) -> Tensor:
         """Cast to float32 (``astype(np.float32)``); differentiable.
@@ -542,10 +578,7 @@ class Tensor:
         keep = create_graph if retain_graph is None else retain_graph
         _run_backward([self], [grad], keep, create_graph)
 
-    # -- operators (defined in minidl.functional; bound at the end of this module) --------
-    def __getitem__(self, index: Any) -> Tensor:
-        return minidl.functional.getitem(self, index)
-
+    # -- in-place assignment (the operators are bound by minidl.functional.setup_tensor) --
     def __setitem__(self, index: Any, value: Any) -> None:
         if self.requires_grad or self._ctx is not None:
             raise RuntimeError(
@@ -853,8 +886,6 @@ def randn(*shape: Any, dtype: Any = _DEFAULT_FLOAT, device: str | Device = "cpu"
     >>> randn(2, 3).shape
     (2, 3)
     """
-    from minidl.random import default_generator
-
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
     a = default_generator().standard_normal(shape).astype(dtype)
@@ -868,8 +899,6 @@ def rand(*shape: Any, dtype: Any = _DEFAULT_FLOAT, device: str | Device = "cpu",
     >>> rand(4).shape
     (4,)
     """
-    from minidl.random import default_generator
-
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
     a = default_generator().random(shape).astype(dtype)
@@ -886,8 +915,3 @@ def iter_graph(t: Tensor) -> Iterator[Function]:
     """
     if t._ctx is not None:
         yield from _toposort([t._ctx])
-
-
-# Ops live in minidl.functional, which imports this module and, once loaded, binds them to
-# Tensor as operators and methods; importing it here makes sure that has happened.
-import minidl.functional  # noqa: E402, F401

@@ -10,9 +10,9 @@ Typical use::
                                                     T.RandomHorizontalFlip(), T.ToFloat()]))
 """
 
-from . import transforms
-from ._util import DataFormatError, DatasetNotFoundError, default_data_root
-from .datasets import (
+from minidl.data import transforms
+from minidl.data._util import DataFormatError, DatasetNotFoundError, default_data_root
+from minidl.data.datasets import (
     CIFAR10,
     CIFAR10_CLASSES,
     FASHION_MNIST_CLASSES,
@@ -25,9 +25,9 @@ from .datasets import (
     read_idx,
     safe_unpickle,
 )
-from .download import DownloadError, download_url, extract_archive, file_md5
-from .loader import ArrayDataset, DataLoader, Dataset
-from .memmap import (
+from minidl.data.download import DownloadError, download_url, extract_archive, file_md5
+from minidl.data.loader import ArrayDataset, DataLoader, Dataset
+from minidl.data.memmap import (
     MemmapDataset,
     convert_cifar10,
     convert_image_folder,

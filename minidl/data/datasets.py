@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from ._util import DataFormatError, DatasetNotFoundError, default_data_root
-from .download import DownloadError, download_url, extract_archive
-from .loader import ArrayDataset
+from minidl.data._util import DataFormatError, DatasetNotFoundError, default_data_root
+from minidl.data.download import DownloadError, download_url, extract_archive
+from minidl.data.loader import ArrayDataset
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer",

@@ -22,8 +22,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from minidl._fileio import _fsync_dir
-
-from ._util import DataFormatError, default_permissions, replace_dir
+from minidl.data._util import DataFormatError, default_permissions, replace_dir
 
 
 class DownloadError(OSError):

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Device, get_array_module, to_device
-from ..random import default_generator
+from minidl.autograd import Tensor
+from minidl.backend import Device, get_array_module, to_device
+from minidl.random import default_generator
 
 Transform = Callable[[Any, np.random.Generator], Any]
 
@@ -283,8 +284,6 @@ class DataLoader:
 
     def _batches(self, epoch: int) -> Iterator[tuple]:
         order = self.epoch_order(epoch)
-        if self.as_tensor:
-            from minidl.autograd import Tensor
         get_batch = getattr(self.dataset, "get_batch", None)
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]

@@ -26,14 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from ._util import (
+from minidl.data._util import (
     DataFormatError,
     DatasetNotFoundError,
     atomic_write,
     default_permissions,
     replace_dir,
 )
-from .loader import Dataset
+from minidl.data.datasets import CIFAR10
+from minidl.data.loader import Dataset
 
 _FORMAT = "minidl-memmap"
 _VERSION = 1
@@ -371,8 +372,6 @@ def convert_cifar10(
     ['airplane', 'automobile']
     >>> import shutil; shutil.rmtree(d)
     """
-    from .datasets import CIFAR10
-
     ds = CIFAR10(root, train=train, **load_kwargs)
     return write_memmap_dataset(out_dir, ds.images, ds.labels, ds.classes, overwrite=overwrite)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import get_array_module
-from ..random import default_generator
+from minidl.backend import get_array_module
+from minidl.random import default_generator
 
 
 def _check_batch(name: str, x: Any) -> tuple[int, int, int, int]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from minidl import backend
+from minidl.autograd import Tensor
 from minidl.functional.activation import (
     gelu,
     leaky_relu,
@@ -75,25 +77,41 @@ __all__ = [
 
 
 def _compare(op: str) -> Any:
-    def compare(self: Any, other: Any) -> Any:
-        from minidl.autograd import Tensor
-
+    def compare(self: Tensor, other: Any) -> Tensor:
         o = other.data if isinstance(other, Tensor) else other
         return Tensor(getattr(self.data, op)(o))
 
+    compare.__name__ = op
+    compare.__doc__ = f"Elementwise ``{op}`` as a bool tensor (not differentiable)."
     return compare
 
 
-def _bind_tensor_methods(Tensor: type) -> None:
-    """Give ``Tensor`` its operators and methods."""
-    ops = {
+def _to(self: Tensor, device: Any) -> Tensor:
+    """Return this tensor on ``device`` (self if already there); differentiable."""
+    return self if backend.Device(device) == self.device else to_device(self, device)
+
+
+def _astype(self: Tensor, dtype: Any) -> Tensor:
+    """Cast to ``dtype`` (self if it already is); differentiable between float dtypes."""
+    return cast(self, dtype)
+
+
+def setup_tensor() -> None:
+    """Give ``Tensor`` its operators and op methods: the one place they are bound.
+
+    The engine (``minidl.autograd``) sits below the ops and cannot import them, so the
+    package's ``__init__`` calls this once, after both are loaded (DeZero's
+    ``setup_variable``). Each entry is a function of this package, so ``x + y`` *is*
+    ``add(x, y)`` and ``x.sum(0)`` *is* ``sum(x, 0)``.
+    """
+    methods = {
         "__add__": add, "__radd__": lambda s, o: add(o, s),
         "__sub__": sub, "__rsub__": lambda s, o: sub(o, s),
         "__mul__": mul, "__rmul__": lambda s, o: mul(o, s),
         "__truediv__": div, "__rtruediv__": lambda s, o: div(o, s),
         "__pow__": pow, "__rpow__": lambda s, o: pow(o, s),
         "__matmul__": matmul, "__rmatmul__": lambda s, o: matmul(o, s),
-        "__neg__": neg, "__abs__": abs,
+        "__neg__": neg, "__abs__": abs, "__getitem__": getitem,
         "exp": exp, "log": log, "sqrt": sqrt, "abs": abs,
         "relu": relu, "sigmoid": sigmoid, "tanh": tanh,
         "softmax": softmax, "log_softmax": log_softmax,
@@ -102,11 +120,12 @@ def _bind_tensor_methods(Tensor: type) -> None:
         "flatten": flatten, "squeeze": squeeze, "unsqueeze": unsqueeze,
         "clip": clip, "clamp": clip, "matmul": matmul, "pow": pow,
         "broadcast_to": broadcast_to, "sum_to": sum_to,
+        "to": _to, "astype": _astype,
     }
-    for name, fn in ops.items():
+    for op in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"):
+        methods[op] = _compare(op)
+    for name, fn in methods.items():
         setattr(Tensor, name, fn)
-    for name in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"):
-        setattr(Tensor, name, _compare(name))
     Tensor.T = property(
         lambda s: permute(s, *reversed(range(s.ndim))),
         doc="All axes reversed: shape (a, b, c) -> (c, b, a); ``x.T`` of a matrix is its "
@@ -117,12 +136,3 @@ def _bind_tensor_methods(Tensor: type) -> None:
         doc="The last two axes swapped (a batch of matrices transposed): shape "
             "(..., m, n) -> (..., n, m). Differentiable.",
     )
-
-
-def _bind() -> None:
-    from minidl.autograd import Tensor
-
-    _bind_tensor_methods(Tensor)
-
-
-_bind()

@@ -12,15 +12,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from minidl import amp, backend
+from minidl import backend
 from minidl.autograd import Function, Tensor, is_grad_enabled
-from minidl.functional.math import _mask, erf, exp
+from minidl.functional.math import _mask, erf, exp, upper
 from minidl.functional.reduce import sum as _sum
 from minidl.functional.shape import _axis_or_dim
 from minidl.kernels.elementwise import relu_backward
 
 
-class ReLU(Function):
+class ReLUFunction(Function):
     """``y = max(x, 0)``, any shape; backward ``gx = gy * [y > 0]`` (from the output)."""
 
     def forward(self, x: Any) -> Any:
@@ -33,7 +33,7 @@ class ReLU(Function):
         return gy * _mask(y > 0, gy)
 
 
-class LeakyReLU(Function):
+class LeakyReLUFunction(Function):
     """``y = x if x > 0 else slope * x``, any shape.
 
     Backward: ``gx = gy * (1 if x > 0 else slope)``.
@@ -49,7 +49,7 @@ class LeakyReLU(Function):
         return gy * _mask(xp.where(x > 0, 1.0, self.slope), gy)
 
 
-class Sigmoid(Function):
+class SigmoidFunction(Function):
     """``y = 1 / (1 + exp(-x))``, any shape; backward ``gx = gy * y * (1 - y)``."""
 
     def forward(self, x: Any) -> Any:
@@ -62,7 +62,7 @@ class Sigmoid(Function):
         return gy * y * (1.0 - y)
 
 
-class Tanh(Function):
+class TanhFunction(Function):
     """``y = tanh(x)``, any shape; backward ``gx = gy * (1 - y**2)``."""
 
     def forward(self, x: Any) -> Any:
@@ -73,7 +73,7 @@ class Tanh(Function):
         return gy * (1.0 - y * y)
 
 
-class Softmax(Function):
+class SoftmaxFunction(Function):
     """``y = exp(x) / sum(exp(x), axis)``, same shape as x.
 
     Backward: ``gx = y * gy - y * sum(y * gy, axis)``.
@@ -90,7 +90,7 @@ class Softmax(Function):
         return gx - y * _sum(gx, axis=self.axis, keepdims=True)
 
 
-class LogSoftmax(Function):
+class LogSoftmaxFunction(Function):
     """``y = x - logsumexp(x, axis)``, same shape as x.
 
     Backward: ``gx = gy - exp(y) * sum(gy, axis)``.
@@ -120,7 +120,7 @@ def relu(x: Tensor) -> Tensor:
     [0.0, 2.0]
     """
     _check_float(x, "relu")
-    return ReLU.apply(x)
+    return ReLUFunction.apply(x)
 
 
 def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
@@ -131,7 +131,7 @@ def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
     [-0.10000000149011612, 2.0]
     """
     _check_float(x, "leaky_relu")
-    return LeakyReLU.apply(x, slope=float(negative_slope))
+    return LeakyReLUFunction.apply(x, slope=float(negative_slope))
 
 
 def sigmoid(x: Tensor) -> Tensor:
@@ -142,7 +142,7 @@ def sigmoid(x: Tensor) -> Tensor:
     [0.5]
     """
     _check_float(x, "sigmoid")
-    return Sigmoid.apply(x)
+    return SigmoidFunction.apply(x)
 
 
 def tanh(x: Tensor) -> Tensor:
@@ -153,7 +153,7 @@ def tanh(x: Tensor) -> Tensor:
     [0.0]
     """
     _check_float(x, "tanh")
-    return Tanh.apply(x)
+    return TanhFunction.apply(x)
 
 
 def gelu(x: Tensor) -> Tensor:
@@ -188,8 +188,8 @@ def softmax(x: Tensor, axis: int | None = None, *, dim: int | None = None) -> Te
     >>> minidl.functional.softmax(minidl.tensor([0.0, 0.0])).tolist()
     [0.5, 0.5]
     """
-    (x,) = amp.upper(x)  # float32 inside autocast
-    return Softmax.apply(x, axis=_softmax_axis(x, axis, dim, "softmax"))
+    (x,) = upper(x)  # float32 inside autocast
+    return SoftmaxFunction.apply(x, axis=_softmax_axis(x, axis, dim, "softmax"))
 
 
 def log_softmax(x: Tensor, axis: int | None = None, *, dim: int | None = None) -> Tensor:
@@ -204,5 +204,5 @@ def log_softmax(x: Tensor, axis: int | None = None, *, dim: int | None = None) -
     >>> minidl.functional.log_softmax(minidl.tensor([0.0, 0.0])).exp().tolist()
     [0.5, 0.5]
     """
-    (x,) = amp.upper(x)  # float32 inside autocast
-    return LogSoftmax.apply(x, axis=_softmax_axis(x, axis, dim, "log_softmax"))
+    (x,) = upper(x)  # float32 inside autocast
+    return LogSoftmaxFunction.apply(x, axis=_softmax_axis(x, axis, dim, "log_softmax"))

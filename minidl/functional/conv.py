@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from minidl import amp
 from minidl.autograd import Function, Tensor, is_grad_enabled
+from minidl.functional.math import lower
 from minidl.kernels import conv as K
 
 # Forward keeps its im2col matrix for the weight gradient when it is at most this big, so
@@ -36,7 +36,7 @@ def keep_cols(fn: Function, g: K.ConvGeometry, itemsize: int) -> bool:
             and g.n * g.oh * g.ow * g.kh * g.kw * g.c * itemsize <= KEEP_COLS_MAX_BYTES)
 
 
-class Conv2d(Function):
+class Conv2dFunction(Function):
     """``y = conv2d(x, w) + b`` (then ReLU if ``relu``): x (N, C, H, W), w (OC, C/groups,
     KH, KW), b (OC,), y (N, OC, OH, OW); options ``args = (stride, padding, dilation, groups)``.
 
@@ -85,8 +85,8 @@ def differentiable_grads(x: Tensor, w: Tensor, gy: Tensor, args: tuple,
                          need: tuple[bool, ...], has_bias: bool) -> tuple:
     """(gx, gw, gb) of a conv from its output gradient ``gy`` (already ReLU-masked), built
     from differentiable ops so that ``create_graph=True`` gives second derivatives."""
-    gx = Conv2dGradInput.apply(gy, w, x_shape=x.shape, args=args) if need[0] else None
-    gw = Conv2dGradWeight.apply(x, gy, w_shape=w.shape, args=args) if need[1] else None
+    gx = Conv2dGradInputFunction.apply(gy, w, x_shape=x.shape, args=args) if need[0] else None
+    gw = Conv2dGradWeightFunction.apply(x, gy, w_shape=w.shape, args=args) if need[1] else None
     gb = gy.sum(axis=(0, 2, 3)) if has_bias and need[2] else None
     return gx, gw, gb
 
@@ -94,7 +94,7 @@ def differentiable_grads(x: Tensor, w: Tensor, gy: Tensor, args: tuple,
 def checked_inputs(op: str, x: Any, weight: Any, bias: Any, activation: Any) -> tuple:
     """Lower to float16 inside autocast, check types and ``activation``; return
     ``(x, weight, bias)`` for a conv-like op named ``op`` in errors."""
-    x, weight, bias = amp.lower(x, weight, bias)  # float16 GEMM inside autocast
+    x, weight, bias = lower(x, weight, bias)  # float16 GEMM inside autocast
     for name, t in (("input", x), ("weight", weight), ("bias", bias)):
         if t is not None and not isinstance(t, Tensor):
             raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
@@ -103,7 +103,7 @@ def checked_inputs(op: str, x: Any, weight: Any, bias: Any, activation: Any) -> 
     return x, weight, bias
 
 
-class Conv2dGradInput(Function):
+class Conv2dGradInputFunction(Function):
     """``gx = conv_transpose(gy, w)`` as a differentiable op (inputs gy, w).
 
     Shapes: gy (N, OC, OH, OW), w (OC, C/groups, KH, KW), gx of ``x_shape`` (N, C, H, W).
@@ -115,13 +115,13 @@ class Conv2dGradInput(Function):
 
     def backward(self, ggx: Tensor) -> tuple:
         gy, w = self.inputs
-        d_gy = Conv2d.apply(ggx, w, args=self.args) if self.needs_input_grad[0] else None
-        d_w = Conv2dGradWeight.apply(ggx, gy, w_shape=w.shape, args=self.args) \
+        d_gy = Conv2dFunction.apply(ggx, w, args=self.args) if self.needs_input_grad[0] else None
+        d_w = Conv2dGradWeightFunction.apply(ggx, gy, w_shape=w.shape, args=self.args) \
             if self.needs_input_grad[1] else None
         return d_gy, d_w
 
 
-class Conv2dGradWeight(Function):
+class Conv2dGradWeightFunction(Function):
     """``gw = rows(gy)^T @ im2col(x)`` as a differentiable op (inputs x, gy).
 
     Shapes: x (N, C, H, W), gy (N, OC, OH, OW), gw of ``w_shape`` (OC, C/groups, KH, KW).
@@ -133,9 +133,9 @@ class Conv2dGradWeight(Function):
 
     def backward(self, ggw: Tensor) -> tuple:
         x, gy = self.inputs
-        d_x = Conv2dGradInput.apply(gy, ggw, x_shape=x.shape, args=self.args) \
+        d_x = Conv2dGradInputFunction.apply(gy, ggw, x_shape=x.shape, args=self.args) \
             if self.needs_input_grad[0] else None
-        d_gy = Conv2d.apply(x, ggw, args=self.args) if self.needs_input_grad[1] else None
+        d_gy = Conv2dFunction.apply(x, ggw, args=self.args) if self.needs_input_grad[1] else None
         return d_x, d_gy
 
 
@@ -176,4 +176,4 @@ def conv2d(
     x, weight, bias = checked_inputs("conv2d", x, weight, bias, activation)
     args = (stride, padding, dilation, groups)
     tensors = (x, weight) if bias is None else (x, weight, bias)
-    return Conv2d.apply(*tensors, args=args, relu=activation == "relu")
+    return Conv2dFunction.apply(*tensors, args=args, relu=activation == "relu")

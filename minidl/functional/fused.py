@@ -29,7 +29,7 @@ from typing import Any
 
 from minidl.autograd import Function, Tensor, is_grad_enabled
 from minidl.functional.conv import checked_inputs, differentiable_grads, keep_cols
-from minidl.functional.pool import MaxPool2dGrad
+from minidl.functional.pool import MaxPool2dGradFunction
 from minidl.functional.shape import pad
 from minidl.kernels import conv as KC
 from minidl.kernels import conv_pool as KCP
@@ -47,7 +47,7 @@ def _pooled_rows_cols(g: KC.ConvGeometry, pool_args: tuple) -> tuple[int, int]:
     return (oh - 1) * sh + dh * (kh - 1) + 1, (ow - 1) * sw + dw * (kw - 1) + 1
 
 
-class Conv2dMaxPool2d(Function):
+class Conv2dMaxPool2dFunction(Function):
     """``p = max_pool2d(act(conv2d(x, w) + b))``: x (N, C, H, W), w (OC, C/groups, KH, KW),
     b (OC,), p (N, OC, PH, PW); options ``args`` (conv: stride, padding, dilation, groups),
     ``pool_args`` (kernel_size, stride, padding, dilation, ceil_mode) and ``relu``.
@@ -130,7 +130,7 @@ class Conv2dMaxPool2d(Function):
         else:  # create_graph: differentiable pieces, as in Conv2d
             if self.relu:
                 gp = gp * Tensor._make((self.output().data > 0).astype(gp.dtype), False)
-            gy = MaxPool2dGrad.apply(gp, indices=self.indices, x_shape=self.y_shape)
+            gy = MaxPool2dGradFunction.apply(gp, indices=self.indices, x_shape=self.y_shape)
             if any(self.pad_rows_cols):  # the unread outputs get zero gradient
                 gy = pad(gy, ((0, 0), (0, 0), (0, self.pad_rows_cols[0]),
                               (0, self.pad_rows_cols[1])))
@@ -179,6 +179,6 @@ def conv2d_max_pool2d(
     """
     x, weight, bias = checked_inputs("conv2d_max_pool2d", x, weight, bias, activation)
     tensors = (x, weight) if bias is None else (x, weight, bias)
-    return Conv2dMaxPool2d.apply(*tensors, args=(stride, padding, dilation, groups),
+    return Conv2dMaxPool2dFunction.apply(*tensors, args=(stride, padding, dilation, groups),
                                  pool_args=(pool_size, pool_stride, pool_padding, 1, False),
                                  relu=activation == "relu")

@@ -12,12 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from minidl import amp
 from minidl.autograd import Function, Tensor
-from minidl.functional.math import _operands, sum_to
+from minidl.functional.math import _operands, lower, sum_to
 
 
-class MatMul(Function):
+class MatMulFunction(Function):
     """``y = a @ b``: a (..., n, k), b (..., k, m), y (..., n, m), batch dims broadcast.
 
     Backward: ``ga = sum_to(gy @ b.mT, a.shape)``, ``gb = sum_to(a.mT @ gy, b.shape)``.
@@ -41,7 +40,7 @@ def matmul(a: Any, b: Any) -> Tensor:
     >>> minidl.functional.matmul(a, b).shape
     (2, 3, 5)
     """
-    a, b = amp.lower(a, b)  # float16 GEMM inside autocast
+    a, b = lower(a, b)  # float16 GEMM inside autocast
     a, b = _operands(a, b, "matmul")
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError(f"matmul: operands must be at least 1-D, got shapes {a.shape} and "
@@ -58,10 +57,10 @@ def matmul(a: Any, b: Any) -> Tensor:
         return matmul(a.reshape(1, -1), b).squeeze(-2 if b.ndim > 1 else -1)
     if b.ndim == 1:
         return matmul(a, b.reshape(-1, 1)).squeeze(-1)
-    return MatMul.apply(a, b)
+    return MatMulFunction.apply(a, b)
 
 
-class Linear(Function):
+class LinearFunction(Function):
     """``y = x @ w.T (+ b)``: x (..., in), w (out, in), b (out,), y (..., out).
 
     Backward: ``gx = gy @ w``; ``gw = gy2.T @ x2`` (out, in) and ``gb = gy2.sum(0)`` (out,),
@@ -96,7 +95,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     >>> minidl.functional.linear(minidl.ones(8, 4), minidl.ones(3, 4)).shape
     (8, 3)
     """
-    x, weight, bias = amp.lower(x, weight, bias)  # float16 GEMM inside autocast
+    x, weight, bias = lower(x, weight, bias)  # float16 GEMM inside autocast
     if weight.ndim != 2:
         raise ValueError(f"linear: weight must be 2-D (out, in), got shape {weight.shape}")
     if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
@@ -110,4 +109,4 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         if t is not None and t.dtype != x.dtype:
             raise TypeError(f"linear: {name} dtype {t.dtype} differs from input dtype {x.dtype}")
     args = (x, weight) if bias is None else (x, weight, bias)
-    return Linear.apply(*args)
+    return LinearFunction.apply(*args)

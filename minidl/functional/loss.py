@@ -12,16 +12,17 @@ from typing import Any
 
 import numpy as np
 
-from minidl import amp, backend
+from minidl import backend
 from minidl.autograd import Function, Tensor
-from minidl.functional.activation import softmax
+from minidl.functional.activation import log_softmax, softmax
+from minidl.functional.math import upper
 from minidl.functional.reduce import mean as _mean
 from minidl.functional.reduce import sum as _sum
 
 _REDUCTIONS = ("mean", "sum", "none")
 
 
-class SoftmaxCrossEntropy(Function):
+class SoftmaxCrossEntropyFunction(Function):
     """Per-sample ``loss_i = -sum_j q_ij log softmax(x)_ij``, loss ``(N,)``.
 
     Inputs: logits ``x (N, C)`` and, for probability targets, ``q (N, C)``; integer
@@ -79,8 +80,6 @@ class SoftmaxCrossEntropy(Function):
             return gx
         gq = None
         if self.needs_input_grad[1]:
-            from minidl.functional.activation import log_softmax
-
             gq = -log_softmax(x, axis=1) * g
         return gx, gq
 
@@ -110,7 +109,7 @@ def softmax_cross_entropy(
     >>> round(minidl.functional.softmax_cross_entropy(logits, minidl.tensor([0])).item(), 4)
     0.2395
     """
-    logits, target = amp.upper(logits, target)  # float32 inside autocast
+    logits, target = upper(logits, target)  # float32 inside autocast
     op = "softmax_cross_entropy"
     if not isinstance(logits, Tensor) or logits.ndim != 2:
         raise ValueError(f"{op}: logits must be a 2-D (N, C) tensor, got shape "
@@ -131,7 +130,7 @@ def softmax_cross_entropy(
         if on_host and n and (t.min() < 0 or t.max() >= c):
             bad = int(t.min() if t.min() < 0 else t.max())
             raise ValueError(f"{op}: label {bad} is out of range for {c} classes")
-        loss = SoftmaxCrossEntropy.apply(logits, labels=t, smoothing=float(label_smoothing),
+        loss = SoftmaxCrossEntropyFunction.apply(logits, labels=t, smoothing=float(label_smoothing),
                                          nan_bad_labels=not on_host)
     elif t.dtype.kind == "f":
         if t.shape != (n, c):
@@ -145,7 +144,7 @@ def softmax_cross_entropy(
         q = target if isinstance(target, Tensor) else Tensor._make(t, False)
         if label_smoothing:
             q = q * (1.0 - label_smoothing) + label_smoothing / c
-        loss = SoftmaxCrossEntropy.apply(logits, q, labels=None, smoothing=0.0)
+        loss = SoftmaxCrossEntropyFunction.apply(logits, q, labels=None, smoothing=0.0)
     else:
         raise TypeError(f"{op}: target must hold integer labels or float probabilities, got "
                         f"dtype {t.dtype}")
@@ -164,7 +163,7 @@ def mse_loss(pred: Tensor, target: Tensor | Any, reduction: str = "mean") -> Ten
     >>> minidl.functional.mse_loss(minidl.tensor([1.0, 3.0]), minidl.tensor([1.0, 1.0])).item()
     2.0
     """
-    pred, target = amp.upper(pred, target)  # float32 inside autocast
+    pred, target = upper(pred, target)  # float32 inside autocast
     if reduction not in _REDUCTIONS:
         raise ValueError(f"mse_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     tshape = getattr(target, "shape", np.shape(target))

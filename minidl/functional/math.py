@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from minidl import amp, backend
-from minidl.autograd import _DEFAULT_FLOAT, Function, Tensor, _is_float
+from minidl import backend
+from minidl.autograd import _DEFAULT_FLOAT, Function, Tensor, _is_float, autocast_dtype
 
 # ----------------------------------------------------------------------------------------
 # operand coercion
@@ -39,7 +39,7 @@ def _operands(a: Any, b: Any, op: str) -> tuple[Tensor, Tensor]:
         if a.dtype == b.dtype:
             return a, b
         fa, fb = _is_float(a.dtype), _is_float(b.dtype)
-        if fa and fb and amp.autocast_dtype() is not None:  # autocast: the wider wins
+        if fa and fb and autocast_dtype() is not None:  # autocast: the wider wins
             wide = np.promote_types(a.dtype, b.dtype)
             return cast(a, wide), cast(b, wide)
         if fa and fb:
@@ -103,7 +103,7 @@ def _mask(cond: Any, like: Tensor) -> Tensor:
 # broadcasting
 
 
-class BroadcastTo(Function):
+class BroadcastToFunction(Function):
     """``y = broadcast_to(x, shape)``, y of ``shape``; backward ``gx = sum_to(gy, x.shape)``."""
 
     def forward(self, x: Any) -> Any:
@@ -114,7 +114,7 @@ class BroadcastTo(Function):
         return sum_to(gy, self.in_shape)
 
 
-class SumTo(Function):
+class SumToFunction(Function):
     """``y = sum_to(x, shape)``, y of ``shape``; backward ``gx = broadcast_to(gy, x.shape)``."""
 
     def forward(self, x: Any) -> Any:
@@ -144,7 +144,7 @@ def broadcast_to(x: Tensor, shape: tuple[int, ...]) -> Tensor:
         np.broadcast_shapes(x.shape, shape)
     except ValueError:
         raise ValueError(f"broadcast_to: cannot broadcast shape {x.shape} to {shape}") from None
-    return BroadcastTo.apply(x, shape=shape)
+    return BroadcastToFunction.apply(x, shape=shape)
 
 
 def sum_to(x: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -157,14 +157,14 @@ def sum_to(x: Tensor, shape: tuple[int, ...]) -> Tensor:
     shape = tuple(shape)
     if x.shape == shape:
         return x
-    return SumTo.apply(x, shape=shape)
+    return SumToFunction.apply(x, shape=shape)
 
 
 # ----------------------------------------------------------------------------------------
 # arithmetic
 
 
-class Add(Function):
+class AddFunction(Function):
     """``y = a + b`` (broadcast, y of the broadcast shape).
 
     Backward: ``ga = sum_to(gy, a.shape)``, ``gb = sum_to(gy, b.shape)``.
@@ -178,7 +178,7 @@ class Add(Function):
         return sum_to(gy, a.shape), sum_to(gy, b.shape)
 
 
-class Sub(Function):
+class SubFunction(Function):
     """``y = a - b`` (broadcast).
 
     Backward: ``ga = sum_to(gy, a.shape)``, ``gb = sum_to(-gy, b.shape)``.
@@ -192,7 +192,7 @@ class Sub(Function):
         return sum_to(gy, a.shape), (sum_to(-gy, b.shape) if self.needs_input_grad[1] else None)
 
 
-class Mul(Function):
+class MulFunction(Function):
     """``y = a * b`` (broadcast).
 
     Backward: ``ga = sum_to(gy * b, a.shape)``, ``gb = sum_to(gy * a, b.shape)``.
@@ -208,7 +208,7 @@ class Mul(Function):
         return ga, gb
 
 
-class Div(Function):
+class DivFunction(Function):
     """``y = a / b`` (broadcast).
 
     Backward: ``ga = sum_to(gy / b, a.shape)``, ``gb = sum_to(-gy * a / b**2, b.shape)``.
@@ -224,7 +224,7 @@ class Div(Function):
         return ga, gb
 
 
-class Neg(Function):
+class NegFunction(Function):
     """``y = -x``, any shape; backward ``gx = -gy``."""
 
     def forward(self, x: Any) -> Any:
@@ -234,7 +234,7 @@ class Neg(Function):
         return -gy
 
 
-class Pow(Function):
+class PowFunction(Function):
     """``y = a ** b`` (broadcast).
 
     Backward: ``ga = sum_to(gy * b * a**(b - 1), a.shape)``,
@@ -259,7 +259,7 @@ def add(a: Any, b: Any) -> Tensor:
     [2.0, 3.0]
     """
     a, b = _operands(a, b, "add")
-    return _apply_binary(Add, a, b, "add")
+    return _apply_binary(AddFunction, a, b, "add")
 
 
 def sub(a: Any, b: Any) -> Tensor:
@@ -270,7 +270,7 @@ def sub(a: Any, b: Any) -> Tensor:
     [[0.0, 1.0]]
     """
     a, b = _operands(a, b, "sub")
-    return _apply_binary(Sub, a, b, "sub")
+    return _apply_binary(SubFunction, a, b, "sub")
 
 
 def mul(a: Any, b: Any) -> Tensor:
@@ -281,7 +281,7 @@ def mul(a: Any, b: Any) -> Tensor:
     [3.0, 6.0]
     """
     a, b = _operands(a, b, "mul")
-    return _apply_binary(Mul, a, b, "mul")
+    return _apply_binary(MulFunction, a, b, "mul")
 
 
 def div(a: Any, b: Any) -> Tensor:
@@ -294,7 +294,7 @@ def div(a: Any, b: Any) -> Tensor:
     a, b = _operands(a, b, "div")
     if not _is_float(a.dtype):
         a, b = cast(a, _DEFAULT_FLOAT), cast(b, _DEFAULT_FLOAT)
-    return _apply_binary(Div, a, b, "div")
+    return _apply_binary(DivFunction, a, b, "div")
 
 
 def neg(x: Tensor) -> Tensor:
@@ -304,7 +304,7 @@ def neg(x: Tensor) -> Tensor:
     >>> minidl.functional.neg(minidl.tensor([1.0, -2.0])).tolist()
     [-1.0, 2.0]
     """
-    return Neg.apply(x)
+    return NegFunction.apply(x)
 
 
 def pow(a: Any, b: Any) -> Tensor:  # noqa: A001 - mirrors torch.pow
@@ -315,14 +315,14 @@ def pow(a: Any, b: Any) -> Tensor:  # noqa: A001 - mirrors torch.pow
     [4.0, 9.0]
     """
     a, b = _operands(a, b, "pow")
-    return _apply_binary(Pow, a, b, "pow")
+    return _apply_binary(PowFunction, a, b, "pow")
 
 
 # ----------------------------------------------------------------------------------------
 # unary math
 
 
-class Exp(Function):
+class ExpFunction(Function):
     """``y = exp(x)``, any shape; backward ``gx = gy * y``."""
 
     def forward(self, x: Any) -> Any:
@@ -332,7 +332,7 @@ class Exp(Function):
         return gy * self.output()
 
 
-class Log(Function):
+class LogFunction(Function):
     """``y = log(x)``, any shape; backward ``gx = gy / x``."""
 
     def forward(self, x: Any) -> Any:
@@ -342,7 +342,7 @@ class Log(Function):
         return gy / self.inputs[0]
 
 
-class Sqrt(Function):
+class SqrtFunction(Function):
     """``y = sqrt(x)``, any shape; backward ``gx = gy / (2 * y)``."""
 
     def forward(self, x: Any) -> Any:
@@ -352,7 +352,7 @@ class Sqrt(Function):
         return gy / (self.output() * 2)
 
 
-class Abs(Function):
+class AbsFunction(Function):
     """``y = |x|``, any shape; backward ``gx = gy * sign(x)`` (0 at x = 0)."""
 
     def forward(self, x: Any) -> Any:
@@ -363,7 +363,7 @@ class Abs(Function):
         return gy * _mask(x.xp.sign(x.data), x)
 
 
-class Erf(Function):
+class ErfFunction(Function):
     """``y = erf(x)``, any shape; backward ``gx = gy * 2 / sqrt(pi) * exp(-x**2)``."""
 
     def forward(self, x: Any) -> Any:
@@ -389,7 +389,7 @@ def exp(x: Tensor) -> Tensor:
     >>> minidl.functional.exp(minidl.tensor([0.0])).tolist()
     [1.0]
     """
-    return _float_unary(Exp, "exp", x)
+    return _float_unary(ExpFunction, "exp", x)
 
 
 def log(x: Tensor) -> Tensor:
@@ -399,7 +399,7 @@ def log(x: Tensor) -> Tensor:
     >>> minidl.functional.log(minidl.tensor([1.0])).tolist()
     [0.0]
     """
-    return _float_unary(Log, "log", x)
+    return _float_unary(LogFunction, "log", x)
 
 
 def sqrt(x: Tensor) -> Tensor:
@@ -409,7 +409,7 @@ def sqrt(x: Tensor) -> Tensor:
     >>> minidl.functional.sqrt(minidl.tensor([4.0, 9.0])).tolist()
     [2.0, 3.0]
     """
-    return _float_unary(Sqrt, "sqrt", x)
+    return _float_unary(SqrtFunction, "sqrt", x)
 
 
 def abs(x: Tensor) -> Tensor:  # noqa: A001 - mirrors torch.abs
@@ -420,7 +420,7 @@ def abs(x: Tensor) -> Tensor:  # noqa: A001 - mirrors torch.abs
     >>> minidl.functional.abs(x).sum().backward(); x.grad
     tensor([-1.,  0.,  1.])
     """
-    return Abs.apply(x)
+    return AbsFunction.apply(x)
 
 
 def erf(x: Tensor) -> Tensor:
@@ -430,14 +430,14 @@ def erf(x: Tensor) -> Tensor:
     >>> minidl.functional.erf(minidl.tensor([0.0])).tolist()
     [0.0]
     """
-    return _float_unary(Erf, "erf", x)
+    return _float_unary(ErfFunction, "erf", x)
 
 
 # ----------------------------------------------------------------------------------------
 # selection
 
 
-class Where(Function):
+class WhereFunction(Function):
     """``y = where(cond, a, b)`` (broadcast; ``cond`` a constant bool array option).
 
     Backward: ``ga = sum_to(where(cond, gy, 0), a.shape)``,
@@ -467,10 +467,10 @@ def where(cond: Any, a: Any, b: Any) -> Tensor:
     c = cond.data if isinstance(cond, Tensor) else backend.to_device(np.asarray(cond), a.device)
     if c.dtype != np.bool_:
         c = c.astype(bool)
-    return _apply_binary(Where, a, b, "where", cond=c)
+    return _apply_binary(WhereFunction, a, b, "where", cond=c)
 
 
-class Maximum(Function):
+class MaximumFunction(Function):
     """``y = maximum(a, b)`` (``largest=True``) or ``minimum(a, b)`` (broadcast).
 
     Backward: with ``w = [a wins] + 0.5 * [a == b]``, ``ga = sum_to(gy * w, a.shape)``,
@@ -500,7 +500,7 @@ def maximum(a: Any, b: Any) -> Tensor:
     [3.0, 5.0]
     """
     a, b = _operands(a, b, "maximum")
-    return _apply_binary(Maximum, a, b, "maximum", largest=True)
+    return _apply_binary(MaximumFunction, a, b, "maximum", largest=True)
 
 
 def minimum(a: Any, b: Any) -> Tensor:
@@ -511,10 +511,10 @@ def minimum(a: Any, b: Any) -> Tensor:
     [1.0, 3.0]
     """
     a, b = _operands(a, b, "minimum")
-    return _apply_binary(Maximum, a, b, "minimum", largest=False)
+    return _apply_binary(MaximumFunction, a, b, "minimum", largest=False)
 
 
-class Clip(Function):
+class ClipFunction(Function):
     """``y = clip(x, lo, hi)``, any shape; backward ``gx = gy * [lo <= x <= hi]``."""
 
     def forward(self, x: Any) -> Any:
@@ -545,14 +545,14 @@ def clip(x: Tensor, min: float | None = None, max: float | None = None) -> Tenso
         raise ValueError("clip: at least one of min and max must be given")
     if min is not None and max is not None and min > max:
         raise ValueError(f"clip: min ({min}) is greater than max ({max})")
-    return Clip.apply(x, lo=min, hi=max)
+    return ClipFunction.apply(x, lo=min, hi=max)
 
 
 # ----------------------------------------------------------------------------------------
 # dtype and device
 
 
-class Cast(Function):
+class CastFunction(Function):
     """``y = x.astype(dtype)``, same shape; backward ``gx = gy.astype(x.dtype)``."""
 
     def forward(self, x: Any) -> Any:
@@ -574,10 +574,44 @@ def cast(x: Tensor, dtype: Any) -> Tensor:
     dtype = np.dtype(dtype)
     if x.dtype == dtype:
         return x
-    return Cast.apply(x, dtype=dtype)
+    return CastFunction.apply(x, dtype=dtype)
 
 
-class ToDevice(Function):
+# ----------------------------------------------------------------------------------------
+# the autocast cast policy (the mode itself is minidl.autograd.autocast_dtype; the public
+# switch is minidl.amp.autocast)
+
+
+def _cast_floats(tensors: tuple[Any, ...], dtype: Any) -> list[Any]:
+    return [cast(t, dtype) if isinstance(t, Tensor) and t.dtype.kind == "f" else t
+            for t in tensors]
+
+
+def lower(*tensors: Any) -> list[Any]:
+    """Inside autocast: the float tensors cast to the half dtype (GEMM inputs); else as is.
+
+    The cast is differentiable, so float32 parameters get float32 gradients.
+
+    >>> import minidl
+    >>> w = minidl.ones(2)
+    >>> with minidl.amp.autocast("float16"):
+    ...     (w16,) = lower(w)
+    >>> w16.dtype, lower(w)[0] is w
+    (dtype('float16'), True)
+    """
+    dt = autocast_dtype()
+    return list(tensors) if dt is None else _cast_floats(tensors, dt)
+
+
+def upper(*tensors: Any) -> list[Any]:
+    """Inside autocast: float tensors cast to float32 (for precision-sensitive ops: norms,
+    softmax, losses); else as is."""
+    if autocast_dtype() is None:
+        return list(tensors)
+    return _cast_floats(tensors, np.float32)
+
+
+class ToDeviceFunction(Function):
     """``y`` = x copied to ``device``, same shape.
 
     Backward: ``gx`` = gy copied back to x's device.
@@ -598,4 +632,4 @@ def to_device(x: Tensor, device: Any) -> Tensor:
     >>> minidl.functional.to_device(minidl.tensor([1.0]), "cpu").device
     Device('cpu')
     """
-    return ToDevice.apply(x, device=backend.Device(device))
+    return ToDeviceFunction.apply(x, device=backend.Device(device))

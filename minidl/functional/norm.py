@@ -24,20 +24,21 @@ from typing import Any
 
 import numpy as np
 
-from minidl import amp, backend
+from minidl import backend
 from minidl.autograd import Function, Tensor, is_grad_enabled
-from minidl.functional.math import sqrt
+from minidl.functional.math import sqrt, upper
 from minidl.functional.reduce import mean as _mean
 from minidl.functional.reduce import sum as _sum
 from minidl.kernels import norm as norm_kernels
 from minidl.kernels.elementwise import relu_backward
+from minidl.random import default_generator
 
 
 def _const(array: Any) -> Tensor:
     return Tensor._make(array, False)
 
 
-class BatchNorm(Function):
+class BatchNormFunction(Function):
     """``y = xhat * weight + bias``, ``xhat = (x - mean) * inv_std`` per channel; y like x.
 
     Inputs: ``x`` (N, C, ...) and, when affine, ``weight (C,)`` and ``bias (C,)``.
@@ -213,7 +214,7 @@ def batch_norm(
     >>> rm.tolist(), rv.tolist()
     ([0.20000000298023224], [1.100000023841858])
     """
-    x, weight, bias = amp.upper(x, weight, bias)  # float32 inside autocast
+    x, weight, bias = upper(x, weight, bias)  # float32 inside autocast
     op = "batch_norm"
     if activation not in (None, "relu"):
         raise ValueError(f"{op}: activation must be None or 'relu', got {activation!r}")
@@ -250,7 +251,7 @@ def batch_norm(
     axes = (0,) + tuple(range(2, x.ndim))
     pshape = (1, c) + (1,) * (x.ndim - 2)
     args = (x,) if weight is None else (x, weight, bias)
-    return BatchNorm.apply(
+    return BatchNormFunction.apply(
         *args, axes=axes, pshape=pshape, use_batch_stats=use_batch,
         running_mean=rm, running_var=rv,
         momentum=float(momentum), eps=float(eps), relu=activation == "relu",
@@ -285,7 +286,7 @@ def layer_norm(
     >>> layer_norm(minidl.tensor([[1.0, 3.0]]), 2, eps=0.0).tolist()
     [[-1.0, 1.0]]
     """
-    x, weight, bias = amp.upper(x, weight, bias)  # float32 inside autocast
+    x, weight, bias = upper(x, weight, bias)  # float32 inside autocast
     op = "layer_norm"
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: expected a Tensor input, got {type(x).__name__}")
@@ -348,8 +349,6 @@ def dropout(
     if x.dtype.kind != "f":
         raise TypeError(f"{op}: input must be floating point, got dtype {x.dtype}")
     if mask is None:
-        from minidl.random import default_generator
-
         keep = default_generator().random(x.shape) >= p
     else:
         keep = mask.data if isinstance(mask, Tensor) else mask

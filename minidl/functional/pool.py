@@ -17,10 +17,11 @@ from typing import Any
 
 from minidl import backend
 from minidl.autograd import Function, Tensor
+from minidl.functional.shape import stack
 from minidl.kernels import pool as K
 
 
-class MaxPool2d(Function):
+class MaxPool2dFunction(Function):
     """``y[n, c, i, j] = max`` of window (i, j) of x: x (N, C, H, W), y (N, C, OH, OW); keeps
     the flat arg-max ``indices`` (N, C, OH, OW).
 
@@ -32,10 +33,10 @@ class MaxPool2d(Function):
         return y
 
     def backward(self, gy: Tensor) -> Tensor:
-        return MaxPool2dGrad.apply(gy, indices=self.indices, x_shape=self.inputs[0].shape)
+        return MaxPool2dGradFunction.apply(gy, indices=self.indices, x_shape=self.inputs[0].shape)
 
 
-class MaxPool2dGrad(Function):
+class MaxPool2dGradFunction(Function):
     """Scatter ``gy`` to the arg-max positions (differentiable in ``gy``).
 
     ``gx = zeros(x_shape); gx.flat[indices] += gy`` per (n, c): gy (N, C, OH, OW), gx
@@ -46,10 +47,10 @@ class MaxPool2dGrad(Function):
         return K.max_pool2d_backward(gy, self.indices, self.x_shape)
 
     def backward(self, ggx: Tensor) -> Tensor:
-        return MaxPool2dGather.apply(ggx, indices=self.indices)
+        return MaxPool2dGatherFunction.apply(ggx, indices=self.indices)
 
 
-class MaxPool2dGather(Function):
+class MaxPool2dGatherFunction(Function):
     """Pick the arg-max positions out of an input-shaped tensor (adjoint of the scatter).
 
     ``y = a.flat[indices]`` per (n, c): a (N, C, H, W), y (N, C, OH, OW). Backward:
@@ -65,10 +66,10 @@ class MaxPool2dGather(Function):
         return xp.take_along_axis(flat, ind.astype(xp.intp), axis=2).reshape(self.indices.shape)
 
     def backward(self, gy: Tensor) -> Tensor:
-        return MaxPool2dGrad.apply(gy, indices=self.indices, x_shape=self.x_shape)
+        return MaxPool2dGradFunction.apply(gy, indices=self.indices, x_shape=self.x_shape)
 
 
-class AvgPool2d(Function):
+class AvgPool2dFunction(Function):
     """``y`` = the mean of each window: x (N, C, H, W), y (N, C, OH, OW).
 
     Backward: ``gx = AvgPool2dGrad(gy)``: each ``gy[n, c, i, j]`` / divisor over its window.
@@ -78,10 +79,10 @@ class AvgPool2d(Function):
         return K.avg_pool2d_forward(x, *self.args)
 
     def backward(self, gy: Tensor) -> Tensor:
-        return AvgPool2dGrad.apply(gy, x_shape=self.inputs[0].shape, args=self.args)
+        return AvgPool2dGradFunction.apply(gy, x_shape=self.inputs[0].shape, args=self.args)
 
 
-class AvgPool2dGrad(Function):
+class AvgPool2dGradFunction(Function):
     """Spread ``gy`` over the windows; its own backward is average pooling again.
 
     ``gx[n, c, h, w] = sum`` of ``gy[n, c, i, j] / divisor`` over the windows (i, j) that
@@ -93,7 +94,7 @@ class AvgPool2dGrad(Function):
         return K.avg_pool2d_backward(gy, self.x_shape, *self.args)
 
     def backward(self, ggx: Tensor) -> Tensor:
-        return AvgPool2d.apply(ggx, args=self.args)
+        return AvgPool2dFunction.apply(ggx, args=self.args)
 
 
 def _check(x: Any, op: str) -> None:
@@ -116,7 +117,7 @@ def max_pool2d(
     (2, 3, 3, 3)
     """
     _check(x, "max_pool2d")
-    return MaxPool2d.apply(x, args=(kernel_size, stride, padding, dilation, ceil_mode))
+    return MaxPool2dFunction.apply(x, args=(kernel_size, stride, padding, dilation, ceil_mode))
 
 
 def avg_pool2d(
@@ -135,8 +136,8 @@ def avg_pool2d(
     [[[[1.0, 1.0], [1.0, 1.0]]]]
     """
     _check(x, "avg_pool2d")
-    return AvgPool2d.apply(x, args=(kernel_size, stride, padding, ceil_mode, count_include_pad,
-                                     divisor_override))
+    return AvgPool2dFunction.apply(x, args=(kernel_size, stride, padding, ceil_mode,
+                                            count_include_pad, divisor_override))
 
 
 def adaptive_avg_pool2d(x: Tensor, output_size: int | tuple[int | None, int | None]) -> Tensor:
@@ -161,8 +162,6 @@ def adaptive_avg_pool2d(x: Tensor, output_size: int | tuple[int | None, int | No
         return x.mean(axis=(2, 3), keepdims=True)
     if h % oh == 0 and w % ow == 0:
         return avg_pool2d(x, (h // oh, w // ow))
-    from minidl.functional.shape import stack
-
     rows = []
     for i in range(oh):
         r0, r1 = (i * h) // oh, -((-(i + 1) * h) // oh)

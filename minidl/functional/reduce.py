@@ -39,7 +39,7 @@ def _kept_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...
     return tuple(1 if i in axes else s for i, s in enumerate(shape))
 
 
-class Sum(Function):
+class SumFunction(Function):
     """``y = x.sum(axes, keepdims)``: x of any shape, y with ``axes`` removed (or kept as 1).
 
     Backward: ``gx = broadcast_to(gy reshaped with the reduced axes as 1, x.shape)``.
@@ -55,7 +55,7 @@ class Sum(Function):
         return broadcast_to(gy, x.shape)
 
 
-class Extreme(Function):
+class ExtremeFunction(Function):
     """``y = x.max(axes)`` (``largest=True``) or ``x.min(axes)``, reduced axes removed
     unless ``keepdims``.
 
@@ -94,7 +94,7 @@ def sum(x: Tensor, axis: Axis = None, keepdims: bool = False, *,  # noqa: A001
     [4.0, 6.0]
     """
     axis = _axis_or_dim(axis, dim, "sum")
-    return Sum.apply(x, axes=_norm_axis(axis, x.ndim, "sum"), keepdims=keepdims)
+    return SumFunction.apply(x, axes=_norm_axis(axis, x.ndim, "sum"), keepdims=keepdims)
 
 
 def mean(x: Tensor, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None) -> Tensor:
@@ -125,7 +125,7 @@ def _extreme(x: Tensor, axis: Axis, keepdims: bool, largest: bool, op: str) -> T
     axes = _norm_axis(axis, x.ndim, op)
     if any(x.shape[a] == 0 for a in axes):
         raise ValueError(f"{op}: cannot reduce over an empty axis of shape {x.shape}")
-    return Extreme.apply(x, axes=axes, keepdims=keepdims, largest=largest)
+    return ExtremeFunction.apply(x, axes=axes, keepdims=keepdims, largest=largest)
 
 
 def max(x: Tensor, axis: Axis = None, keepdims: bool = False, *,  # noqa: A001

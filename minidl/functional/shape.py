@@ -34,7 +34,7 @@ def _axis_or_dim(axis: Any, dim: Any, op: str) -> Any:
     return dim
 
 
-class Reshape(Function):
+class ReshapeFunction(Function):
     """``y = x.reshape(shape)``, same size; backward ``gx = reshape(gy, x.shape)``."""
 
     def forward(self, x: Any) -> Any:
@@ -60,10 +60,10 @@ def reshape(x: Tensor, *shape: Any) -> Tensor:
         raise ValueError(
             f"reshape: cannot reshape a tensor of shape {x.shape} ({x.size} elements) into "
             f"{shape}") from None
-    return Reshape.apply(x, shape=out_shape)
+    return ReshapeFunction.apply(x, shape=out_shape)
 
 
-class Permute(Function):
+class PermuteFunction(Function):
     """``y = x.transpose(axes)``: y axis i is x axis ``axes[i]``.
 
     Backward: ``gx = permute(gy, argsort(axes))``, the inverse permutation.
@@ -91,7 +91,7 @@ def permute(x: Tensor, *dims: int) -> Tensor:
     dims = tuple(d % x.ndim for d in dims)
     if dims == tuple(range(x.ndim)):
         return x
-    return Permute.apply(x, axes=dims)
+    return PermuteFunction.apply(x, axes=dims)
 
 
 def transpose(x: Tensor, dim0: int = -2, dim1: int = -1) -> Tensor:
@@ -187,7 +187,7 @@ def _is_basic(index: Any) -> bool:
                for i in items)
 
 
-class GetItem(Function):
+class GetItemFunction(Function):
     """``y = x[index]``, basic or advanced indexing.
 
     Backward: ``gx = GetItemGrad(gy)``: gy scattered into zeros of x.shape (repeats add up).
@@ -198,10 +198,10 @@ class GetItem(Function):
 
     def backward(self, gy: Tensor) -> Tensor:
         x = self.inputs[0]
-        return GetItemGrad.apply(gy, index=self.index, shape=x.shape)
+        return GetItemGradFunction.apply(gy, index=self.index, shape=x.shape)
 
 
-class GetItemGrad(Function):
+class GetItemGradFunction(Function):
     """``gx = zeros(shape); gx[index] += gy``: the adjoint of indexing, gx of ``shape``.
 
     Repeated advanced indices accumulate. Backward (double backward of indexing):
@@ -233,7 +233,7 @@ def getitem(x: Tensor, index: Any) -> Tensor:
     """
     index = _index_arrays(index, x.device)
     try:
-        return GetItem.apply(x, index=index)
+        return GetItemFunction.apply(x, index=index)
     except IndexError as exc:
         raise IndexError(f"getitem: bad index for a tensor of shape {x.shape}: {exc}") from None
 
@@ -242,7 +242,7 @@ def getitem(x: Tensor, index: Any) -> Tensor:
 # joining and padding
 
 
-class Concatenate(Function):
+class ConcatenateFunction(Function):
     """``y = concatenate(xs, axis)``: the xs agree except along ``axis``, where sizes add.
 
     Backward: ``gx_i`` = the slice of gy along ``axis`` that came from ``xs[i]``.
@@ -297,7 +297,7 @@ def concatenate(tensors: Sequence[Tensor], axis: int | None = None, *,
         if t.dtype != ref.dtype:
             raise TypeError(f"concatenate: tensor {i} has dtype {t.dtype}, tensor 0 has "
                             f"{ref.dtype}")
-    return Concatenate.apply(*tensors, axis=axis)
+    return ConcatenateFunction.apply(*tensors, axis=axis)
 
 
 def stack(tensors: Sequence[Tensor], axis: int | None = None, *,
@@ -331,7 +331,7 @@ def stack(tensors: Sequence[Tensor], axis: int | None = None, *,
     return concatenate([unsqueeze(t, axis) for t in tensors], axis=axis)
 
 
-class Pad(Function):
+class PadFunction(Function):
     """``y = pad(x, pad_width, value)``: each axis grows by ``before + after``.
 
     Backward: ``gx = gy[before:before + size]`` along every axis (the padding gets no grad).
@@ -363,4 +363,4 @@ def pad(x: Tensor, pad_width: int | Sequence[Any], value: float = 0.0) -> Tensor
                              f"the {x.ndim} axes, got {pad_width}")
     if any(v < 0 for p in width for v in p):
         raise ValueError(f"pad: negative padding {pad_width}")
-    return Pad.apply(x, pad_width=width, value=value)
+    return PadFunction.apply(x, pad_width=width, value=value)

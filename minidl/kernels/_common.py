@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from minidl.backend import get_array_module
 from minidl.kernels import _threads
 
 # Idle OpenMP and OpenBLAS workers must sleep, not spin, or they slow each other's kernels
@@ -93,8 +94,6 @@ def array_module(a: Any) -> Any:
     """NumPy for NumPy arrays, CuPy for CuPy arrays (without importing CuPy otherwise)."""
     if isinstance(a, np.ndarray):
         return np
-    from minidl.backend import get_array_module  # local: keeps import order flexible
-
     return get_array_module(a)
 
 

@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 
 import minidl.functional as F
-from minidl import amp
-from minidl.autograd import Tensor
+from minidl.autograd import Tensor, autocast_dtype
 from minidl.functional.norm import dropout
 from minidl.nn import init
 from minidl.nn.module import Module, Parameter
@@ -66,7 +65,7 @@ class Linear(Module):
             got = x.shape[-1] if x.ndim else 0
             raise ValueError(f"Linear: input has {got} features but layer expects "
                              f"{self.in_features} (input shape {x.shape})")
-        if x.dtype != self.weight.dtype and amp.autocast_dtype() is None:
+        if x.dtype != self.weight.dtype and autocast_dtype() is None:
             raise TypeError(f"Linear: input dtype {x.dtype} differs from the layer's "
                             f"{self.weight.dtype}; cast the input or the model")
         return F.linear(x, self.weight, self.bias)

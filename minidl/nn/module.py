@@ -21,6 +21,7 @@ import numpy as np
 from minidl import backend
 from minidl.autograd import Tensor
 from minidl.backend import Device
+from minidl.nn.summary import summary
 
 
 class Parameter(Tensor):
@@ -406,8 +407,6 @@ class Module:
     def summary(self, input_shape: tuple[int | None, ...], **kwargs: Any) -> str:
         """Print and return a Keras-style table of layers for an input of ``input_shape``
         (batch axis included, e.g. ``(1, 3, 32, 32)``); see ``minidl.nn.summary``."""
-        from minidl.nn.summary import summary
-
         return summary(self, input_shape, **kwargs)
 
     def num_parameters(self, trainable_only: bool = False) -> int:

@@ -4,17 +4,23 @@ It runs one dummy forward pass (zeros of ``input_shape``) under ``no_grad`` in e
 mode, with a forward hook on every leaf module to record the output shape, then restores the
 modules' training flags and removes the hooks: the model, its running statistics and the
 random generator are left exactly as they were.
+
+It needs of a model only what every ``Module`` has (``modules()``, hooks, ``train()``), so it
+imports ``Module`` for type hints alone and sits below ``nn/module.py``, which offers it as
+the ``Module.summary`` method.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from minidl import backend
 from minidl.autograd import Tensor, no_grad
-from minidl.nn.module import Module
+
+if TYPE_CHECKING:  # type hints only: module.py imports this file
+    from minidl.nn.module import Module
 
 
 def _shape_of(out: Any) -> str:

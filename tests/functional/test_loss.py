@@ -146,11 +146,12 @@ def test_mse_errors() -> None:
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_ce_bad_labels_give_nan_without_a_host_check(smoothing: float) -> None:
     # The path the GPU takes (no device-to-host range check), exercised with NumPy arrays.
-    from minidl.functional.loss import SoftmaxCrossEntropy
+    from minidl.functional.loss import SoftmaxCrossEntropyFunction
 
     x = minidl.randn(4, 3, requires_grad=True)
     labels = np.array([0, 3, 2, -1])
-    loss = SoftmaxCrossEntropy.apply(x, labels=labels, smoothing=smoothing, nan_bad_labels=True)
+    loss = SoftmaxCrossEntropyFunction.apply(x, labels=labels, smoothing=smoothing,
+                                             nan_bad_labels=True)
     ref = F.softmax_cross_entropy(x, [0, 0, 2, 0], reduction="none", label_smoothing=smoothing)
     got = loss.detach().numpy()
     assert np.isnan(got[[1, 3]]).all() and loss.dtype == np.float32
