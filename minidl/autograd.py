@@ -576,7 +576,7 @@ class Tensor:
             create_graph: record the backward pass itself, for higher-order gradients.
         """
         keep = create_graph if retain_graph is None else retain_graph
-        _run_backward([self], [grad], keep, create_graph)
+        _run_backward([self], [grad], keep, create_graph, _IntoGrad(create_graph))
 
     # -- in-place assignment (the operators are bound by minidl.functional.setup_tensor) --
     def __setitem__(self, index: Any, value: Any) -> None:
@@ -586,10 +586,6 @@ class Tensor:
                 "would corrupt gradients; detach() it or build a new tensor with where()"
             )
         self.data[index] = value.data if isinstance(value, Tensor) else value
-
-
-def _accumulate(a: Tensor | None, b: Tensor) -> Tensor:
-    return b if a is None else a + b
 
 
 def _toposort(roots: Sequence[Function]) -> list[Function]:
@@ -648,95 +644,145 @@ def _root_grad(root: Tensor, grad: Any) -> Tensor:
     return grad
 
 
+def _accumulate(a: Tensor | None, b: Tensor) -> Tensor:
+    return b if a is None else a + b
+
+
+class _IntoGrad:
+    """Where ``Tensor.backward`` puts gradients: summed into ``.grad`` of every leaf (and of
+    non-leaf tensors that called ``retain_grad()``)."""
+
+    def __init__(self, create_graph: bool) -> None:
+        self.create_graph = create_graph
+
+    def wants(self, x: Tensor) -> bool:
+        return x._ctx is None
+
+    def put(self, x: Tensor, g: Tensor) -> None:
+        if not self.create_graph:
+            # .grad must own writable memory: a gradient may be a read-only broadcast view
+            # (sum's backward) or the very array handed to another input (add's backward).
+            g = Tensor._make(g.data.copy(), False) if x.grad is None else g.detach()
+        x.grad = _accumulate(x.grad, g)
+
+    def total(self, x: Tensor, g: Tensor) -> None:
+        """The complete gradient of the non-leaf ``x``, just before its creator runs."""
+        if x._retain_grad:
+            x.grad = _accumulate(x.grad, g if self.create_graph else g.detach())
+
+
+class _Capture:
+    """Where ``autograd.grad`` puts gradients: returned for the requested tensors only;
+    no ``.grad`` is touched."""
+
+    def __init__(self, tensors: Sequence[Tensor]) -> None:
+        self.wanted = {id(t) for t in tensors}
+        self.grads: dict[int, Tensor] = {}
+
+    def wants(self, x: Tensor) -> bool:
+        return id(x) in self.wanted
+
+    def put(self, x: Tensor, g: Tensor) -> None:
+        self.grads[id(x)] = _accumulate(self.grads.get(id(x)), g)
+
+    def total(self, x: Tensor, g: Tensor) -> None:
+        pass
+
+
+class _Pending:
+    """Gradients of non-leaf tensors summed so far, waiting for their creator's backward.
+
+    Keyed by ``id``; each entry keeps its tensor alive (and so its id unique) until the
+    creator runs, even after the consumer that referenced it released its inputs."""
+
+    def __init__(self) -> None:
+        self._grads: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def add(self, x: Tensor, g: Tensor) -> None:
+        prev = self._grads.get(id(x))
+        self._grads[id(x)] = (x, g if prev is None else prev[1] + g)
+
+    def take(self, x: Tensor | None) -> Tensor | None:
+        entry = self._grads.pop(id(x), None) if x is not None else None
+        return None if entry is None else entry[1]
+
+
+def _output_grads(fn: Function, outs: list[Tensor | None], pending: _Pending,
+                  sink: _IntoGrad | _Capture) -> list[Tensor] | None:
+    """The gradient of each of ``fn``'s outputs (zeros for outputs nothing used), or None
+    when no output received one (then ``fn`` has nothing to propagate)."""
+    gys: list[Tensor] = []
+    any_grad = False
+    for k, out in enumerate(outs):
+        g = pending.take(out)
+        if g is not None:
+            any_grad = True
+            sink.total(out, g)
+        elif out is not None:
+            g = Tensor._make(out.xp.zeros(out.data.shape, dtype=out.dtype), False)
+        elif len(outs) > 1:  # a freed output of a multi-output op: zero gradient
+            shape, dtype = fn._out_meta[k]
+            g = Tensor._make(fn.inputs[0].xp.zeros(shape, dtype=dtype), False)
+        gys.append(g)
+    return gys if any_grad else None
+
+
+def _input_grads(fn: Function, gys: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """Run ``fn.backward`` and pair each input that needs a gradient with it, checked."""
+    gxs = fn.backward(*gys)
+    if not isinstance(gxs, tuple):
+        gxs = (gxs,)
+    if len(gxs) != len(fn.inputs):
+        raise RuntimeError(
+            f"{fn.name}.backward returned {len(gxs)} gradients for {len(fn.inputs)} inputs"
+        )
+    pairs = []
+    for x, gx, need in zip(fn.inputs, gxs, fn.needs_input_grad):
+        if gx is None or not need:
+            continue
+        if gx.shape != x.shape or gx.dtype != x.dtype:
+            raise RuntimeError(
+                f"{fn.name}.backward returned a gradient of shape {gx.shape} and dtype "
+                f"{gx.dtype} for an input of shape {x.shape} and dtype {x.dtype}"
+            )
+        pairs.append((x, gx))
+    return pairs
+
+
 def _run_backward(
     roots: Sequence[Tensor],
     root_grads: Sequence[Any],
     retain_graph: bool,
     create_graph: bool,
-    capture: Sequence[Tensor] | None = None,
-) -> dict[int, Tensor]:
-    """Backpropagate from ``roots``. Without ``capture``, gradients accumulate into the
-    leaves' ``.grad``; with it, the gradients of the captured tensors are returned instead
-    (keyed by ``id``) and no ``.grad`` is touched."""
-    # Pending gradients of non-leaf tensors, keyed by id. The tensor is kept in the entry so
-    # that it stays alive (and its id unique) until its creator runs, even after the
-    # consumer that referenced it released its inputs.
-    grads: dict[int, tuple[Tensor, Tensor]] = {}
+    sink: _IntoGrad | _Capture,
+) -> None:
+    """Backpropagate from ``roots``, handing every gradient ``sink`` wants to it.
 
-    def add_grad(x: Tensor, g: Tensor) -> None:
-        prev = grads.get(id(x))
-        grads[id(x)] = (x, g if prev is None else prev[1] + g)
-
-    fns: list[Function] = []
+    The textbook reverse-mode algorithm: seed the roots' gradients, then visit the
+    Functions consumers-first (a topological order), so that when a Function runs, the
+    gradients of its outputs are complete sums; it maps them to its inputs' gradients,
+    which are passed on (non-leaf inputs) and/or delivered to the sink.
+    """
+    pending = _Pending()
     for r, g in zip(roots, root_grads):
-        add_grad(r, _root_grad(r, g))
-        if r._ctx is not None:
-            fns.append(r._ctx)
-    wanted = {id(t) for t in capture} if capture is not None else set()
-    captured: dict[int, Tensor] = {}
-
-    def deliver(x: Tensor, gx: Tensor) -> None:
-        if capture is not None:
-            if id(x) in wanted:
-                captured[id(x)] = _accumulate(captured.get(id(x)), gx)
-        elif x._ctx is None:
-            if not create_graph:
-                # .grad must own writable memory: a gradient may be a read-only broadcast view
-                # (sum's backward) or the very array handed to another input (add's backward)
-                gx = Tensor._make(gx.data.copy(), False) if x.grad is None else gx.detach()
-            x.grad = _accumulate(x.grad, gx)
-
-    for r in roots:  # a root that is itself a leaf (or captured) gets its gradient directly
-        if r._ctx is None or id(r) in wanted:
-            deliver(r, grads[id(r)][1])
-
+        g = _root_grad(r, g)
+        if sink.wants(r):  # a root that is itself a leaf (or captured)
+            sink.put(r, g)
+        pending.add(r, g)
     with set_grad_enabled(create_graph):
-        for fn in _toposort(fns):
-            gys = []
-            any_grad = False
-            # Hold the outputs until fn.backward has run: popping their pending gradients
-            # may drop the last reference, and backward may still ask for self.output(i).
+        for fn in _toposort([r._ctx for r in roots if r._ctx is not None]):
+            # Hold the outputs until fn.backward has run: taking their pending gradients may
+            # drop the last reference, and backward may still ask for self.output(i).
             outs = [ref() for ref in fn._outputs]
-            for k, out in enumerate(outs):
-                entry = grads.pop(id(out), None) if out is not None else None
-                g = entry[1] if entry is not None else None
-                if g is not None:
-                    any_grad = True
-                    if out._retain_grad and capture is None:  # accumulates, like a leaf
-                        out.grad = _accumulate(out.grad, g if create_graph else g.detach())
-                elif out is not None:
-                    g = Tensor._make(out.xp.zeros(out.data.shape, dtype=out.dtype), False)
-                elif len(outs) > 1:  # a freed output of a multi-output op: zero gradient
-                    shape, dtype = fn._out_meta[k]
-                    g = Tensor._make(fn.inputs[0].xp.zeros(shape, dtype=dtype), False)
-                gys.append(g)
-            if not any_grad:
-                if not retain_graph:
-                    fn._release()
-                continue
-            gxs = fn.backward(*gys)
-            if not isinstance(gxs, tuple):
-                gxs = (gxs,)
-            inputs = fn.inputs
-            if len(gxs) != len(inputs):
-                raise RuntimeError(
-                    f"{fn.name}.backward returned {len(gxs)} gradients for {len(inputs)} inputs"
-                )
-            for x, gx, need in zip(inputs, gxs, fn.needs_input_grad):
-                if gx is None or not need:
-                    continue
-                if gx.shape != x.shape or gx.dtype != x.dtype:
-                    raise RuntimeError(
-                        f"{fn.name}.backward returned a gradient of shape {gx.shape} and dtype "
-                        f"{gx.dtype} for an input of shape {x.shape} and dtype {x.dtype}"
-                    )
-                if x._ctx is None or id(x) in wanted:
-                    deliver(x, gx)
-                if x._ctx is not None:
-                    add_grad(x, gx)
+            gys = _output_grads(fn, outs, pending, sink)
+            if gys is not None:
+                for x, gx in _input_grads(fn, gys):
+                    if sink.wants(x):
+                        sink.put(x, gx)
+                    if x._ctx is not None:
+                        pending.add(x, gx)
             if not retain_graph:
                 fn._release()
-    return captured
 
 
 def backward(
@@ -764,7 +810,7 @@ def backward(
     grads = [None] * len(tensors) if grad_tensors is None else (
         [grad_tensors] if isinstance(grad_tensors, Tensor) else list(grad_tensors))
     keep = create_graph if retain_graph is None else retain_graph
-    _run_backward(tensors, grads, keep, create_graph)
+    _run_backward(tensors, grads, keep, create_graph, _IntoGrad(create_graph))
 
 
 def grad(
@@ -794,8 +840,9 @@ def grad(
         if not t.requires_grad:
             raise RuntimeError(f"grad(): input {i} does not require grad")
     keep = create_graph if retain_graph is None else retain_graph
-    got = _run_backward(outputs, grads, keep, create_graph, capture=inputs)
-    result = tuple(got.get(id(t)) for t in inputs)
+    sink = _Capture(inputs)
+    _run_backward(outputs, grads, keep, create_graph, sink)
+    result = tuple(sink.grads.get(id(t)) for t in inputs)
     if not allow_unused and any(g is None for g in result):
         i = next(i for i, g in enumerate(result) if g is None)
         raise RuntimeError(f"grad(): input {i} was not used to compute the outputs; pass "

@@ -586,3 +586,12 @@ def test_zeros_ones_allocate_on_the_requested_gpu(monkeypatch: pytest.MonkeyPatc
     assert minidl.zeros(2, 3, device="cuda:1").shape == (2, 3)
     assert minidl.ones(4, device="cuda:2").tolist() == [1.0] * 4
     assert _FakeCuda.allocations == [1, 2] and _FakeCuda.current == 0
+
+
+def test_a_leaf_given_twice_as_a_root_gets_each_seed_once() -> None:
+    # Each root's seed gradient reaches the leaf once: [1, 2] + [10, 20], not twice their sum.
+    x = minidl.tensor([0.0, 0.0], requires_grad=True)
+    minidl.autograd.backward([x, x], [minidl.tensor([1.0, 2.0]), minidl.tensor([10.0, 20.0])])
+    assert x.grad.tolist() == [11.0, 22.0]
+    (gx,) = minidl.autograd.grad([x, x * 1.0], x, [minidl.ones(2), minidl.ones(2)])
+    assert gx.tolist() == [2.0, 2.0]
