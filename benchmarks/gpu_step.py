@@ -176,7 +176,7 @@ def main() -> None:
             print(f"         seed-net epoch (50,000 images) at this step time: "
                   f"{row['seed_epoch_s']:.2f} s")
     if args.json:
-        from minidl.train import atomic_write_text
+        from minidl._fileio import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(results, indent=1))
         print(f"wrote {args.json}")

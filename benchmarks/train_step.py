@@ -292,7 +292,7 @@ def main() -> None:
               + (f", torch {mem['torch_mib']:.0f} MiB, ratio {mem['minidl_over_torch']:.2f}"
                  if use_torch else ""))
     if args.json:
-        from minidl.train import atomic_write_text
+        from minidl._fileio import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(results, indent=1))
         print(f"wrote {args.json}")

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from reporting import report_run  # examples/reporting.py, beside this script
 
 import minidl
 from minidl import nn, optim
@@ -27,7 +28,7 @@ from minidl.data import DataLoader, load_cifar10
 from minidl.data import transforms as T
 from minidl.data.datasets import CIFAR10_CLASSES
 from minidl.models import resnet9, seed_cnn
-from minidl.train import ModelCheckpoint, PrintEpoch, Trainer, report_run
+from minidl.train import ModelCheckpoint, PrintEpoch, Trainer
 
 # Per-channel statistics of the CIFAR-10 training set (for Normalize).
 MEAN = (0.4914, 0.4822, 0.4465)

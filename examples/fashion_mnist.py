@@ -24,13 +24,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from reporting import report_run  # examples/reporting.py, beside this script
 
 import minidl
 from minidl import nn, optim
 from minidl.data import FASHION_MNIST_CLASSES, DataLoader, load_fashion_mnist
 from minidl.data import transforms as T
 from minidl.models import seed_cnn
-from minidl.train import ModelCheckpoint, PrintEpoch, Trainer, report_run
+from minidl.train import ModelCheckpoint, PrintEpoch, Trainer
 
 # Mean and standard deviation of the Fashion-MNIST training pixels (scaled to [0, 1]).
 MEAN = (0.2860,)

@@ -25,6 +25,8 @@ PLOTS = ["confusion.png", "curves.png", "predictions.png"]
 
 def load_example(name: str):
     """Import ``examples/<name>.py`` as a module (the folder is not a package)."""
+    if str(EXAMPLES) not in sys.path:  # as when run as a script: examples/reporting.py
+        sys.path.insert(0, str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(f"_example_{name}", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

@@ -193,8 +193,85 @@ def test_checkpoint_without_scheduler_state_is_refused(tmp_path) -> None:
         tmp_path / "c.npz")
     opt = optim.SGD(model.parameters(), lr=0.1)
     trainer = Trainer(model, opt, scheduler=optim.lr_scheduler.StepLR(opt, 1), progress=False)
-    with pytest.raises(KeyError, match="no scheduler state"):
+    with pytest.raises(ValueError, match="missing field.*scheduler.*no scheduler state"):
         trainer.load_checkpoint(tmp_path / "c.npz")
+
+
+def _trainer_state(trainer: Trainer) -> tuple:
+    """Everything a load may change, copied."""
+    model = {k: np.array(v.data) for k, v in trainer.model.state_dict().items()}
+    return (model, json.dumps(trainer.optimizer.state_dict(), default=lambda a: a.tolist()),
+            trainer.epoch, list(trainer.history.epochs),
+            json.dumps(minidl.random.get_rng_state()))
+
+
+def _assert_unchanged(trainer: Trainer, before: tuple) -> None:
+    after = _trainer_state(trainer)
+    for k, v in before[0].items():
+        np.testing.assert_array_equal(after[0][k], v, err_msg=k)
+    assert after[1:] == before[1:]
+
+
+def _trained(seed: int, epochs: int = 1) -> Trainer:
+    x, y = blobs(16, seed=seed)
+    minidl.manual_seed(seed)
+    model = tiny_net()
+    trainer = Trainer(model, optim.Adam(model.parameters(), lr=0.01), progress=False)
+    trainer.fit((x.astype(np.float32) / 255, y), epochs=epochs, batch_size=8)
+    return trainer
+
+
+def test_loading_a_model_state_dict_as_a_checkpoint_is_refused_and_changes_nothing(
+        tmp_path) -> None:
+    source = _trained(1)
+    minidl.save(source.model.state_dict(), tmp_path / "weights.npz")
+    trainer = _trained(2)
+    before = _trainer_state(trainer)
+    with pytest.raises(ValueError, match=r"weights\.npz.*missing field.*model.*looks like a "
+                                         r"model state_dict"):
+        trainer.load_checkpoint(tmp_path / "weights.npz")
+    _assert_unchanged(trainer, before)
+
+
+@pytest.mark.parametrize("field", ["model", "optimizer", "epoch", "rng"])
+def test_a_checkpoint_missing_a_field_is_refused_and_changes_nothing(tmp_path, field) -> None:
+    state = _trained(1).state_dict()
+    del state[field]
+    minidl.save(state, tmp_path / "c.npz")
+    trainer = _trained(2)
+    before = _trainer_state(trainer)
+    with pytest.raises(ValueError, match=f"missing field.*{field}"):
+        trainer.load_checkpoint(tmp_path / "c.npz")
+    _assert_unchanged(trainer, before)
+
+
+@pytest.mark.parametrize("bad", [
+    {"epoch": -1}, {"epoch": "3"}, {"rng": "not json"}, {"history": "x"},
+    {"train_loader": {"seed": "abc"}}, {"model": [1, 2]},
+])
+def test_a_malformed_checkpoint_field_is_a_clear_error(tmp_path, bad) -> None:
+    state = _trained(1).state_dict()
+    state.update(bad)
+    minidl.save(state, tmp_path / "c.npz")
+    trainer = _trained(2)
+    before = _trainer_state(trainer)
+    with pytest.raises(ValueError, match=f"checkpoint field '{next(iter(bad))}'"):
+        trainer.load_checkpoint(tmp_path / "c.npz")
+    _assert_unchanged(trainer, before)
+
+
+def test_a_failure_half_way_through_the_load_rolls_everything_back(tmp_path) -> None:
+    # The model part loads, then the optimizer part is refused (its parameter names do not
+    # match): the model must be put back as it was.
+    state = _trained(1, epochs=2).state_dict()
+    group = state["optimizer"]["param_groups"][0]
+    group["params"] = list(reversed(group["params"]))
+    minidl.save(state, tmp_path / "c.npz")
+    trainer = _trained(2)
+    before = _trainer_state(trainer)
+    with pytest.raises(ValueError, match="parameter names of group 0 differ"):
+        trainer.load_checkpoint(tmp_path / "c.npz")
+    _assert_unchanged(trainer, before)
 
 
 # -------------------------------------------------------------------------------- callbacks

@@ -1,0 +1,488 @@
+"""The training loop: ``Trainer.fit`` / ``evaluate`` / ``predict``.
+
+Keras users get ``fit(train, epochs, validation)``; under it is the loop every framework
+runs, written out plainly::
+
+    for batch (x, y):  logits = model(x); loss = loss_fn(logits, y)
+                       optimizer.zero_grad(); loss.backward(); optimizer.step()
+
+Around it: a tqdm progress bar (loss, accuracy, images/s), a validation pass each epoch
+under ``no_grad``, a ``History`` saved as JSON and CSV, and callbacks (checkpoint, early
+stopping, LR schedule). A checkpoint holds everything a run's future depends on: model,
+optimizer, scheduler, the global random state (dropout masks), the epoch and the history.
+The loaders derive each epoch's shuffle and augmentation from ``(seed, epoch)``, so
+resuming from the checkpoint of epoch ``k`` replays epochs ``k+1...`` exactly as an
+uninterrupted run would.
+
+Device scalars (the loss on a GPU) are read back only once every ``log_every`` batches, so
+the host does not wait for the device after every step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from minidl import amp, backend, random
+from minidl.autograd import Tensor, no_grad
+from minidl.data import DataLoader
+from minidl.functional import argmax, softmax_cross_entropy
+from minidl.serialization import load, save
+from minidl.train.callbacks import Callback, LRSchedulerStep
+from minidl.train.history import History
+
+
+def _accuracy_count(logits: Tensor, y: Tensor) -> Any:
+    if y.ndim != 1:  # probability targets: compare with their arg-max
+        y = argmax(y, axis=1)
+    return (argmax(logits, axis=1).data == y.data).sum()
+
+
+def _is_array_pair(data: Any) -> bool:
+    """True for ``(x, y)`` given as two arrays/Tensors (Keras style), not a loader."""
+    return (isinstance(data, (tuple, list)) and len(data) == 2
+            and all(hasattr(a, "shape") and hasattr(a, "dtype") for a in data))
+
+
+def _model_device(model: Any) -> Any:
+    params = getattr(model, "parameters", None)
+    if params is None:
+        return "cpu"
+    first = next(iter(params()), None)
+    return "cpu" if first is None else first.device
+
+
+def _array_loader(data: Any, model: Any, batch_size: int, shuffle: bool,
+                  seed: int | None) -> Any:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"Trainer: batch_size must be a positive int, got {batch_size!r}")
+    arrays = tuple(a.data if isinstance(a, Tensor) else a for a in data)
+    return DataLoader(arrays, batch_size=int(batch_size), shuffle=shuffle, seed=seed,
+                      device=_model_device(model))
+
+
+_CHECKPOINT_FIELDS = ("model", "optimizer", "epoch", "rng")
+
+
+def _check_checkpoint(state: Any, trainer: Trainer) -> tuple[dict, dict | None]:
+    """Check a trainer checkpoint's fields before anything is changed; return the decoded
+    random state and loader state. Raises ``ValueError`` naming what is wrong."""
+    if not isinstance(state, dict):
+        raise ValueError(f"expected a trainer checkpoint (a dict), got {type(state).__name__}")
+    missing = [k for k in _CHECKPOINT_FIELDS if k not in state]
+    if trainer.scheduler is not None and "scheduler" not in state:
+        missing.append("scheduler")
+    if missing:
+        hint = ""
+        if "model" in missing and state and all(hasattr(v, "shape") for v in state.values()):
+            hint = ("; this looks like a model state_dict: load it with "
+                    "model.load_state_dict(minidl.load(path))")
+        elif missing == ["scheduler"]:
+            hint = "; the checkpoint has no scheduler state but this trainer has a scheduler"
+        raise ValueError(f"not a trainer checkpoint: missing field(s) {', '.join(missing)}"
+                         + hint)
+    epoch = state["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        raise ValueError(f"checkpoint field 'epoch' must be an int >= 0, got {epoch!r}")
+    for field in ("model", "optimizer"):
+        if not isinstance(state[field], dict):
+            raise ValueError(f"checkpoint field {field!r} must be a dict (a state_dict), got "
+                             f"{type(state[field]).__name__}")
+    history = state.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
+        raise ValueError("checkpoint field 'history' must be a list of dicts")
+    try:
+        rng = json.loads(str(state["rng"]))
+        if not isinstance(rng, dict) or "bit_generator" not in rng:
+            raise ValueError("no bit_generator")
+    except ValueError:
+        raise ValueError("checkpoint field 'rng' is not a random state saved by minidl "
+                         f"(got {str(state['rng'])[:60]!r})") from None
+    loader = state.get("train_loader")
+    if loader is not None:
+        try:
+            loader = {str(k): int(v) for k, v in loader.items()}
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError("checkpoint field 'train_loader' must map names to ints, got "
+                             f"{loader!r}") from None
+    return rng, loader
+
+
+class Trainer:
+    """Train and evaluate a classifier.
+
+    Args:
+        model: an ``nn.Module`` mapping a batch ``(N, ...)`` to logits ``(N, classes)``.
+        optimizer: a ``minidl.optim`` optimizer over the model's parameters.
+        loss_fn: ``loss_fn(logits, y) -> scalar Tensor`` (default: softmax cross-entropy).
+        scheduler: optional LR scheduler, stepped per epoch (or give ``scheduler_per``).
+        scheduler_per: ``"epoch"`` or ``"batch"``: when ``scheduler`` is stepped.
+        callbacks: extra ``Callback`` objects. ``LRSchedulerStep`` callbacks run before the
+            others at each epoch end, so a checkpoint always holds the stepped schedule.
+        progress: show a tqdm progress bar.
+        log_every: read the loss back from the device every this many batches.
+        mixed_precision: ``"float16"`` runs forward passes under ``minidl.amp.autocast``
+            and scales the loss with a ``GradScaler`` (parameters stay float32); meant for
+            CUDA, where half-precision GEMMs are fast. None (default): plain float32.
+
+    Metrics are named as in Keras: ``loss``, ``accuracy`` and, with validation data,
+    ``val_loss``, ``val_accuracy``; each history row also has ``epoch``, ``lr``, ``time``
+    (seconds) and ``images_per_s``.
+
+    >>> import minidl, numpy as np
+    >>> from minidl import nn, optim
+    >>> from minidl.data import DataLoader
+    >>> minidl.manual_seed(0)
+    >>> x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    >>> y = (x[:, 0] > 0).astype(np.int64)
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> trainer = Trainer(model, optim.Adam(model.parameters(), lr=0.05), progress=False)
+    >>> history = trainer.fit(DataLoader((x, y), batch_size=16, shuffle=True), epochs=5)
+    >>> history["loss"][-1] < history["loss"][0]
+    True
+    >>> trainer.evaluate((x, y))["accuracy"] > 0.9  # arrays work too, Keras style
+    True
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        optimizer: Any,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        scheduler: Any = None,
+        scheduler_per: str = "epoch",
+        callbacks: Iterable[Callback] = (),
+        progress: bool = True,
+        log_every: int = 10,
+        mixed_precision: str | None = None,
+    ) -> None:
+        self.model = model
+        self.autocast = amp.autocast(mixed_precision or "float16",
+                                     enabled=mixed_precision is not None)
+        self.scaler = amp.GradScaler(enabled=mixed_precision is not None)
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn or softmax_cross_entropy
+        self.scheduler = scheduler
+        callbacks = list(callbacks)
+        if scheduler is not None:
+            callbacks.insert(0, LRSchedulerStep(scheduler, per=scheduler_per))
+        # Schedulers first (stable sort): a ModelCheckpoint listed before a user's
+        # LRSchedulerStep must still save the schedule as the next epoch will see it.
+        self.callbacks = sorted(callbacks, key=lambda cb: not isinstance(cb, LRSchedulerStep))
+        if self.scheduler is None:
+            steppers = [cb for cb in self.callbacks if isinstance(cb, LRSchedulerStep)]
+            if len(steppers) == 1:  # so that checkpoints include its state
+                self.scheduler = steppers[0].scheduler
+        for cb in self.callbacks:
+            cb.trainer = self
+        self.progress = progress
+        self.log_every = max(1, int(log_every))
+        self.history = History()
+        self.epoch = 0  # epochs completed
+        self.stop_training = False
+        self.train_loader: Any = None
+        self._loader_state: dict | None = None  # from a checkpoint, applied by fit()
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to resume: model, optimizer, scheduler, RNG, epoch, history and
+        the training loader's seed."""
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history.epochs,
+            "rng": json.dumps(random.get_rng_state()),
+        }
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
+        if self.scaler.enabled:
+            state["grad_scaler"] = self.scaler.state_dict()
+        loader_state = getattr(self.train_loader, "state_dict", None)
+        if callable(loader_state):
+            state["train_loader"] = {k: int(v) for k, v in loader_state().items()}
+        elif self._loader_state is not None:
+            state["train_loader"] = dict(self._loader_state)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()``, all or nothing.
+
+        The checkpoint's fields are checked first (a clear ``ValueError`` names what is
+        missing or malformed, e.g. for a bare model ``state_dict``); then model, optimizer,
+        scheduler, scaler, epoch, history and random state are restored, and if any of
+        them refuses its part (a shape or name mismatch), everything already restored is
+        put back, so a failed load never leaves a half-loaded trainer. The loader's seed
+        is applied to the loader that the next ``fit`` receives (so a loader built with
+        ``seed=None`` still replays the original run's order and augmentation).
+        """
+        rng, loader_state = _check_checkpoint(state, self)
+        before = self._snapshot()
+        try:
+            self._apply(state, rng, loader_state)
+        except BaseException:
+            self._apply(*before)
+            raise
+
+    def _snapshot(self) -> tuple[dict, dict, dict | None]:
+        """What ``load_state_dict`` changes, copied, in the form ``_apply`` takes."""
+        state = self.state_dict()
+        state["model"] = {k: np.array(backend.to_numpy(v.data if isinstance(v, Tensor) else v))
+                          for k, v in state["model"].items()}
+        state["history"] = [dict(e) for e in self.history.epochs]
+        return state, random.get_rng_state(), self._loader_state
+
+    def _apply(self, state: dict, rng: dict, loader_state: dict | None) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler.enabled and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
+        self.epoch = int(state["epoch"])
+        self.history = History(state.get("history", []))
+        self._loader_state = loader_state
+        random.set_rng_state(rng)
+
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Write ``state_dict()`` to ``path`` atomically (``minidl.save``), creating its
+        folder if needed."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        save(self.state_dict(), path)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restore a checkpoint written by ``save_checkpoint``; ``fit`` then continues
+        after its epoch. Nothing changes unless the whole checkpoint loads."""
+        try:
+            self.load_state_dict(load(path))
+        except ValueError as exc:
+            raise ValueError(f"Trainer.load_checkpoint: {os.fspath(path)}: {exc}") from None
+
+    # -- loops ----------------------------------------------------------------------------
+    def _bar(self, total: int, desc: str) -> Any:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, disable=not self.progress, leave=True,
+                    dynamic_ncols=True, unit="batch")
+
+    def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Any]:
+        """One optimization step; returns the loss tensor and the correct-count array."""
+        with self.autocast:
+            logits = self.model(x)
+            loss = self.loss_fn(logits, y)
+        self.optimizer.zero_grad()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss, _accuracy_count(logits.detach(), y)
+
+    def fit(
+        self,
+        train: Any,
+        epochs: int,
+        validation: Any = None,
+        *,
+        batch_size: int = 32,
+        shuffle: bool = True,
+    ) -> History:
+        """Train until ``epochs`` epochs are complete (counting epochs already done when
+        resuming) and return the history.
+
+        Args:
+            train: a ``DataLoader`` (or any re-iterable of ``(x, y)`` tensor batches), or a
+                pair of arrays ``(x, y)`` (inputs already preprocessed), which is batched
+                here with ``batch_size`` and ``shuffle``.
+            epochs: total number of epochs.
+            validation: optional loader (or ``(x, y)`` arrays) evaluated after each epoch
+                (``val_loss``, ``val_accuracy``).
+            batch_size: batch size when ``train``/``validation`` are arrays.
+            shuffle: shuffle ``train`` each epoch when it is given as arrays.
+
+        Raises:
+            FloatingPointError: the loss became NaN or infinite.
+            ValueError: the loader produced no batches.
+        """
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            raise ValueError(f"fit: epochs must be an int >= 0, got {epochs!r}")
+        if _is_array_pair(train):
+            seed = self._loader_state["seed"] if self._loader_state else None
+            train = _array_loader(train, self.model, batch_size, shuffle, seed)
+        elif self._loader_state is not None and callable(getattr(train, "load_state_dict",
+                                                                 None)):
+            train.load_state_dict(self._loader_state)
+        if _is_array_pair(validation):
+            validation = _array_loader(validation, self.model, batch_size, False, 0)
+        self._loader_state = None
+        self.train_loader = train
+        self.stop_training = False
+        for cb in self.callbacks:
+            cb.on_train_begin()
+        while self.epoch < epochs and not self.stop_training:
+            epoch = self.epoch + 1
+            if hasattr(train, "set_epoch"):
+                train.set_epoch(epoch - 1)  # epochs are 0-based for the loader's RNG
+            for cb in self.callbacks:
+                cb.on_epoch_begin(epoch)
+            logs = self._train_epoch(train, epoch, epochs)
+            if validation is not None:
+                val = self.evaluate(validation, desc=f"epoch {epoch} val")
+                logs.update({f"val_{k}": v for k, v in val.items()})
+            self.epoch = epoch
+            self.history.append(logs)
+            for cb in self.callbacks:
+                cb.on_epoch_end(epoch, logs)
+        for cb in self.callbacks:
+            cb.on_train_end()
+        return self.history
+
+    def _flush(self, pending: list[tuple[Tensor, int]], step: int, epoch: int,
+               total: int | None) -> tuple[float, int]:
+        """Read the pending losses back (one device->host copy) and check them."""
+        xp = pending[0][0].xp
+        losses = backend.to_numpy(xp.stack([p[0].data.astype(np.float64) for p in pending]))
+        counts = np.array([p[1] for p in pending], dtype=np.float64)
+        finite = np.isfinite(losses)
+        if not finite.all():
+            k = int(np.flatnonzero(~finite)[0])
+            bad_step = step - len(pending) + 1 + k
+            groups = getattr(self.optimizer, "param_groups", None)
+            lr = f" (lr {groups[0]['lr']:.3g})" if groups else ""
+            of = f" of {total}" if total else ""
+            raise FloatingPointError(
+                f"fit: the training loss became {losses[k]} at epoch {epoch}, batch "
+                f"{bad_step}{of}; training diverged. Lower the learning rate{lr}, clip the "
+                "gradients (optim.clip_grad_norm_), or check the inputs for NaN/inf (on the "
+                "GPU, an integer label outside [0, C) also gives a NaN loss)")
+        return float((losses * counts).sum()), int(counts.sum())
+
+    def _train_epoch(self, loader: Any, epoch: int, epochs: int) -> dict:
+        self.model.train()
+        total = len(loader) if hasattr(loader, "__len__") else None
+        bar = self._bar(total, f"epoch {epoch}/{epochs}")
+        start = time.perf_counter()
+        seen = 0
+        correct: Any = 0
+        pending: list[tuple[Tensor, int]] = []
+        loss_sum, loss_n = 0.0, 0
+        step = 0
+        try:
+            for step, (x, y) in enumerate(loader, 1):
+                loss, hits = self.train_step(x, y)
+                n = x.shape[0]
+                seen += n
+                pending.append((loss.detach(), n))
+                correct = correct + hits
+                if step % self.log_every == 0 or step == total:
+                    s, c = self._flush(pending, step, epoch, total)
+                    loss_sum, loss_n = loss_sum + s, loss_n + c
+                    pending.clear()
+                    elapsed = time.perf_counter() - start
+                    bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}",
+                                    acc=f"{float(correct) / seen:.4f}",
+                                    img_s=f"{seen / max(elapsed, 1e-9):.0f}")
+                bar.update(1)
+                for cb in self.callbacks:
+                    cb.on_batch_end(step, {"loss": loss})
+            if pending:
+                s, c = self._flush(pending, step, epoch, total)
+                loss_sum, loss_n = loss_sum + s, loss_n + c
+        finally:
+            bar.close()
+        if seen == 0:
+            raise ValueError(
+                f"fit: the training loader produced no batches in epoch {epoch} (loader: "
+                f"{loader!r}); is the dataset empty, or smaller than batch_size with "
+                "drop_last=True?")
+        elapsed = time.perf_counter() - start
+        logs = {"epoch": epoch, "loss": loss_sum / seen, "accuracy": float(correct) / seen,
+                "time": elapsed, "images_per_s": seen / max(elapsed, 1e-9)}
+        groups = getattr(self.optimizer, "param_groups", None)
+        if groups:
+            logs["lr"] = float(groups[0]["lr"])
+        return logs
+
+    def evaluate(self, loader: Any, desc: str = "evaluate", batch_size: int = 256) -> dict:
+        """Mean loss and accuracy over ``loader`` in eval mode, under ``no_grad``.
+
+        Args:
+            loader: a ``DataLoader``, a re-iterable of ``(x, y)`` batches, or ``(x, y)``
+                arrays (batched with ``batch_size``).
+            desc: the progress bar's label.
+            batch_size: batch size when ``loader`` is a pair of arrays.
+
+        Returns:
+            ``{"loss": float, "accuracy": float}``.
+        """
+        if _is_array_pair(loader):
+            loader = _array_loader(loader, self.model, batch_size, False, 0)
+        was_training = getattr(self.model, "training", False)
+        self.model.eval()
+        loss_sum, correct, seen = 0.0, 0, 0
+        total = len(loader) if hasattr(loader, "__len__") else None
+        bar = self._bar(total, desc)
+        try:
+            with no_grad(), self.autocast:
+                for x, y in loader:
+                    logits = self.model(x)
+                    n = x.shape[0]
+                    loss_sum += float(self.loss_fn(logits, y).item()) * n
+                    correct += int(_accuracy_count(logits, y))
+                    seen += n
+                    bar.update(1)
+        finally:
+            bar.close()
+            self.model.train(was_training)
+        if seen == 0:
+            raise ValueError(f"evaluate: the loader produced no batches (loader: {loader!r})")
+        return {"loss": loss_sum / seen, "accuracy": correct / seen}
+
+    def predict(self, loader: Any, batch_size: int = 256) -> np.ndarray:
+        """Logits for every batch of ``loader`` (eval mode, ``no_grad``), as one NumPy array.
+
+        The loader may yield ``(x, y)`` pairs or bare ``x`` batches; an array (or Tensor)
+        of inputs is batched here with ``batch_size``.
+        """
+        return predict(self.model, loader, batch_size=batch_size)
+
+
+def predict(model: Any, loader: Any, batch_size: int = 256) -> np.ndarray:
+    """Batched inference: concatenated logits of ``model`` over ``loader`` (NumPy).
+
+    The model is put in eval mode for the call and restored afterwards.
+
+    Args:
+        model: the network.
+        loader: a re-iterable of ``x`` or ``(x, ...)`` batches, or one input array/Tensor
+            ``(N, ...)`` (batched with ``batch_size``).
+        batch_size: batch size when ``loader`` is an array.
+
+    Returns:
+        ``(N, classes)`` logits.
+
+    >>> import numpy as np
+    >>> from minidl import nn
+    >>> predict(nn.Linear(2, 3), np.zeros((5, 2), np.float32), batch_size=2).shape
+    (5, 3)
+    """
+    if hasattr(loader, "shape") and hasattr(loader, "dtype"):
+        loader = _array_loader((loader,), model, batch_size, False, 0)
+    was_training = getattr(model, "training", False)
+    model.eval()
+    outs = []
+    try:
+        with no_grad():
+            for batch in loader:
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                outs.append(backend.to_numpy(model(x).data))
+    finally:
+        model.train(was_training)
+    if not outs:
+        raise ValueError(f"predict: the loader produced no batches (loader: {loader!r})")
+    return np.concatenate(outs)
