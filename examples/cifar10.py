@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from reporting import report_run  # examples/reporting.py, beside this script
 
 import minidl
 from minidl import nn, optim
@@ -29,6 +28,10 @@ from minidl.data import transforms as T
 from minidl.data.datasets import CIFAR10_CLASSES
 from minidl.models import resnet9, seed_cnn
 from minidl.train import ModelCheckpoint, PrintEpoch, Trainer
+
+# examples/reporting.py, beside this script, however the script was loaded
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reporting import report_run  # noqa: E402
 
 # Per-channel statistics of the CIFAR-10 training set (for Normalize).
 MEAN = (0.4914, 0.4822, 0.4465)

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from reporting import report_run  # examples/reporting.py, beside this script
 
 import minidl
 from minidl import nn, optim
@@ -32,6 +31,10 @@ from minidl.data import FASHION_MNIST_CLASSES, DataLoader, load_fashion_mnist
 from minidl.data import transforms as T
 from minidl.models import seed_cnn
 from minidl.train import ModelCheckpoint, PrintEpoch, Trainer
+
+# examples/reporting.py, beside this script, however the script was loaded
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reporting import report_run  # noqa: E402
 
 # Mean and standard deviation of the Fashion-MNIST training pixels (scaled to [0, 1]).
 MEAN = (0.2860,)
