@@ -7,7 +7,14 @@ Backward gives ``dL/dx`` analytically; central differences give it numerically:
 
     dL/dx_j ~= (L(x + eps e_j) - L(x - eps e_j)) / (2 eps)      error O(eps^2)
 
-in float64, where ``eps = 1e-6`` leaves about 1e-10 of truncation and round-off error.
+in float64. The error has two parts: truncation, ``eps^2 / 6`` times the third derivative
+of ``L``, and round-off, about ``1e-16 * S / eps`` with ``S = sum_k |u_k * y_k|`` (the size
+of the terms summed into ``L``). ``eps = 1e-5`` sits near their balance point (the cube
+root of float64's 2.2e-16) and leaves errors of order 1e-11 to 1e-9 on unit-sized ops, so
+the defaults ``atol=1e-7, rtol=1e-6`` keep a wide margin and still fail a backward that is
+wrong by a relative 1e-5 (batch norm's eps dropped from its inverse std). Outputs with
+``S`` far above 1e3 need a looser ``atol``, about ``1e-15 * S / eps``; see
+docs/gradcheck.md.
 
 * ``mode="elementwise"`` perturbs every element of every input (exact location of a bug).
 * ``mode="directional"`` perturbs along a few random directions ``v`` and compares
@@ -67,9 +74,9 @@ def gradcheck(
     fn: Callable[..., Any],
     inputs: Tensor | Sequence[Any],
     *,
-    eps: float = 1e-6,
-    atol: float = 1e-5,
-    rtol: float = 1e-3,
+    eps: float = 1e-5,
+    atol: float = 1e-7,
+    rtol: float = 1e-6,
     mode: str = "auto",
     max_elements: int = 512,
     directions: int = 4,
@@ -83,10 +90,13 @@ def gradcheck(
         fn: takes the inputs (Tensors; other arguments passed through) and returns a Tensor
             or a tuple of Tensors.
         inputs: the inputs; those with ``requires_grad=True`` must be float64.
-        eps: finite-difference step.
+        eps: finite-difference step (1e-5 balances truncation and round-off in float64;
+            see the module doc).
         atol: absolute tolerance: a gradient entry passes if
-            ``|num - ana| <= atol + rtol * |num|``.
-        rtol: relative tolerance, in the same test.
+            ``|num - ana| <= atol + rtol * |num|``. The default 1e-7 sits about 100x above
+            the finite-difference error of unit-sized ops.
+        rtol: relative tolerance, in the same test. The default 1e-6 fails a backward that
+            is wrong by a relative 1e-5.
         mode: ``"elementwise"``, ``"directional"`` or ``"auto"`` (see the module doc).
         max_elements: in auto mode, inputs with more elements are checked directionally.
         directions: number of random directions per input in directional mode.

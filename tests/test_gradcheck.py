@@ -65,6 +65,30 @@ class CubeConstDerivative(Function):
         return gy * Tensor(3 * x.data ** 2)
 
 
+class ScaleOffByTenPpm(Function):
+    """2x whose backward is wrong by a relative 1e-5: the size of the error that dropping
+    eps = 1e-5 from batch norm's inverse std makes at unit variance."""
+
+    def forward(self, x):
+        return x * 2.0
+
+    def backward(self, gy):
+        return gy * (2.0 * (1 + 1e-5))
+
+
+class CubeSecondDerivativeOff(Function):
+    """x**3 with a right first derivative whose own derivative is off by 2e-5 * gy * x
+    (a relative ~3e-6 of the true 6 * gy * x)."""
+
+    def forward(self, x):
+        return x ** 3
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        x2 = x * x
+        return gy * 3 * x2 + 1e-5 * (gy * x2 - gy * Tensor(x2.data))
+
+
 def _x(rng, *shape):
     return minidl.tensor(rng.uniform(0.5, 1.5, shape), requires_grad=True)
 
@@ -181,3 +205,29 @@ def test_single_tensor_input_and_unused_input(rng) -> None:
     x, unused = _x(rng, 3), _x(rng, 2)
     assert gradcheck(lambda t: t.exp(), x)  # a bare Tensor instead of a list
     assert gradcheck(lambda a, b: a * 2, [x, unused])  # d/d(unused) is 0 both ways
+
+
+@pytest.mark.parametrize("mode", ["elementwise", "directional"])
+def test_default_tolerance_catches_a_ten_ppm_error(rng, mode) -> None:
+    # The old defaults (atol=1e-5, rtol=1e-3) passed this; finite differences in float64
+    # are good to ~1e-9, so rtol=1e-6 leaves room and still sees it.
+    x = _x(rng, 3, 4)
+    assert gradcheck(ScaleOffByTenPpm.apply, [x], mode=mode, atol=1e-5, rtol=1e-3)
+    with pytest.raises(GradcheckError, match="rtol=1e-06"):
+        gradcheck(ScaleOffByTenPpm.apply, [x], mode=mode)
+
+
+def test_gradgradcheck_default_tolerance_catches_a_small_second_derivative_error(rng) -> None:
+    x = _x(rng, 4)
+    assert gradcheck(CubeSecondDerivativeOff.apply, [x])
+    with pytest.raises(GradcheckError, match="grad of apply"):
+        gradgradcheck(CubeSecondDerivativeOff.apply, [x])
+
+
+@pytest.mark.parametrize("mode", ["auto", "directional"])
+def test_default_tolerance_passes_correct_ops_with_large_outputs(rng, mode) -> None:
+    # Round-off in L grows with S = sum |u * y|: here S ~ 1e4 and the finite differences
+    # are off by up to ~2e-8 at eps=1e-5 (ten times that at eps=1e-6, above atol).
+    a = minidl.tensor(rng.standard_normal((16, 32)), requires_grad=True)
+    b = minidl.tensor(rng.standard_normal((32, 16)), requires_grad=True)
+    assert gradcheck(lambda a, b: (a @ b) * 10 + (a @ b).tanh(), [a, b], mode=mode)
