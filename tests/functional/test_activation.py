@@ -27,22 +27,25 @@ def _gelu(x):
 
 CASES = [
     OpCase("relu", F.relu, lambda x: np.maximum(x, 0), [away_from_zero(3, 4)], gradgrad=True),
-    OpCase("relu_method", lambda x: x.relu(), lambda x: np.maximum(x, 0), [away_from_zero(5)]),
+    OpCase("relu_method", lambda x: x.relu(), lambda x: np.maximum(x, 0), [away_from_zero(5)],
+           op=F.relu),
     OpCase("leaky_relu", F.leaky_relu, lambda x: np.where(x > 0, x, 0.01 * x),
            [away_from_zero(3, 4)]),
     OpCase("leaky_relu_slope", lambda x: F.leaky_relu(x, 0.2),
-           lambda x: np.where(x > 0, x, 0.2 * x), [away_from_zero(6)], gradgrad=True),
+           lambda x: np.where(x > 0, x, 0.2 * x), [away_from_zero(6)], gradgrad=True,
+           op=F.leaky_relu),
     OpCase("sigmoid", F.sigmoid, lambda x: 1 / (1 + np.exp(-x)), [(3, 4)], gradgrad=True,
            low=-4, high=4),
     OpCase("tanh", F.tanh, np.tanh, [(3, 4)], gradgrad=True),
     OpCase("gelu", F.gelu, _gelu, [(3, 4)], gradgrad=True, low=-3, high=3),
     OpCase("softmax", F.softmax, _softmax, [(3, 4)], gradgrad=True),
     OpCase("softmax_axis0", lambda x: F.softmax(x, axis=0), lambda x: _softmax(x, 0),
-           [(3, 4)]),
-    OpCase("softmax_3d_mid", lambda x: x.softmax(1), lambda x: _softmax(x, 1), [(2, 3, 2)]),
+           [(3, 4)], op=F.softmax),
+    OpCase("softmax_3d_mid", lambda x: x.softmax(1), lambda x: _softmax(x, 1), [(2, 3, 2)],
+           op=F.softmax),
     OpCase("log_softmax", F.log_softmax, _log_softmax, [(3, 4)], gradgrad=True),
     OpCase("log_softmax_axis0", lambda x: x.log_softmax(axis=-2),
-           lambda x: _log_softmax(x, 0), [(3, 4)], gradgrad=True),
+           lambda x: _log_softmax(x, 0), [(3, 4)], gradgrad=True, op=F.log_softmax),
 ]
 
 

@@ -3,6 +3,7 @@ compared with plain-loop references in tests/kernels)."""
 
 import numpy as np
 import pytest
+from helpers import OpCase, check_case, distinct, pool2d_ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +23,52 @@ def kernels(request):
 
 def _t(rng, shape, grad=True):
     return minidl.tensor(rng.standard_normal(shape), requires_grad=grad)
+
+
+def _adaptive_ref(x, out):
+    # PyTorch's windows: [floor(i*H/OH), ceil((i+1)*H/OH))
+    (oh, ow), (h, w) = out, x.shape[2:]
+    y = np.empty(x.shape[:2] + out)
+    for i in range(oh):
+        for j in range(ow):
+            y[:, :, i, j] = x[:, :, (i * h) // oh:-(-(i + 1) * h // oh),
+                              (j * w) // ow:-(-(j + 1) * w // ow)].mean(axis=(2, 3))
+    return y
+
+
+# The declarative cases (tests/helpers.py): forward against plain-loop references, dtypes,
+# input/layout/repeat invariants and gradient checks. The tests below add configurations,
+# both kernel backends and double backward.
+CASES = [
+    OpCase("conv2d", lambda x, w, b: F.conv2d(x, w, b, padding=1),
+           lambda x, w, b: K.conv2d_reference(x, w, b, 1, 1), [(2, 2, 5, 5), (3, 2, 3, 3), (3,)],
+           op=F.conv2d),
+    OpCase("conv2d_stride_pad_dilation_groups",
+           lambda x, w: F.conv2d(x, w, None, (2, 1), (1, 0), (1, 2), 2),
+           lambda x, w: K.conv2d_reference(x, w, None, (2, 1), (1, 0), (1, 2), 2),
+           [(1, 4, 6, 7), (4, 2, 2, 3)], op=F.conv2d),
+    OpCase("conv2d_relu", lambda x, w, b: F.conv2d(x, w, b, stride=2, activation="relu"),
+           lambda x, w, b: np.maximum(K.conv2d_reference(x, w, b, 2), 0),
+           [(1, 3, 7, 6), (2, 3, 3, 3), (2,)], op=F.conv2d),
+    OpCase("max_pool2d", lambda x: F.max_pool2d(x, 2), lambda x: pool2d_ref(x, 2),
+           [distinct(2, 2, 4, 5)], gradgrad=True, op=F.max_pool2d),
+    OpCase("max_pool2d_stride_pad_dilation", lambda x: F.max_pool2d(x, 3, 2, 1, dilation=2),
+           lambda x: pool2d_ref(x, 3, 2, 1, 2), [distinct(1, 2, 7, 6)], op=F.max_pool2d),
+    OpCase("avg_pool2d", lambda x: F.avg_pool2d(x, (2, 3)),
+           lambda x: pool2d_ref(x, (2, 3), mode="avg"), [(2, 2, 4, 6)], gradgrad=True,
+           op=F.avg_pool2d),
+    OpCase("avg_pool2d_pad_exclude", lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
+           lambda x: pool2d_ref(x, 3, 2, 1, mode="avg", count_include_pad=False),
+           [(1, 2, 5, 6)], op=F.avg_pool2d),
+    OpCase("adaptive_avg_pool2d", lambda x: F.adaptive_avg_pool2d(x, (2, 3)),
+           lambda x: _adaptive_ref(x, (2, 3)), [(1, 2, 5, 7)], gradgrad=True,
+           op=F.adaptive_avg_pool2d),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_op(case: OpCase) -> None:
+    check_case(case)
 
 
 CONV_CASES = [

@@ -3,10 +3,12 @@ MaxPool2d: same values and gradients as the unfused layers, on both kernel paths
 
 import numpy as np
 import pytest
+from helpers import OpCase, check_case, pool2d_ref
 
 import minidl
 import minidl.functional as F
 from minidl import nn
+from minidl.kernels import conv as K
 from minidl.kernels import set_backend
 
 
@@ -21,7 +23,7 @@ def _t(rng, shape, grad=True, dtype=np.float64):
     return minidl.tensor(rng.standard_normal(shape).astype(dtype), requires_grad=grad)
 
 
-CASES = [
+CONFIGS = [
     # x shape, w shape, conv (stride, padding, dilation, groups), pool (size, stride, padding)
     ((2, 3, 9, 9), (4, 3, 3, 3), (1, 0, 1, 1), (2, None, 0)),
     ((2, 3, 9, 8), (4, 3, 3, 3), (1, 1, 1, 1), (3, 2, 1)),      # overlapping windows, pad
@@ -43,7 +45,27 @@ def _pair(case, activation, bias):
     return fused, unfused
 
 
-@pytest.mark.parametrize("case", CASES)
+# The declarative cases (tests/helpers.py) against conv and pool references; the tests
+# below compare with the unfused ops on both kernel backends.
+CASES = [
+    OpCase("conv2d_max_pool2d_relu",
+           lambda x, w, b: F.conv2d_max_pool2d(x, w, b, padding=1, activation="relu"),
+           lambda x, w, b: pool2d_ref(np.maximum(K.conv2d_reference(x, w, b, 1, 1), 0), 2),
+           [(2, 2, 6, 6), (3, 2, 3, 3), (3,)], op=F.conv2d_max_pool2d),
+    OpCase("conv2d_max_pool2d_overlap",
+           lambda x, w: F.conv2d_max_pool2d(x, w, stride=2, groups=2, pool_size=3,
+                                            pool_stride=2, pool_padding=1),
+           lambda x, w: pool2d_ref(K.conv2d_reference(x, w, None, 2, 0, 1, 2), 3, 2, 1),
+           [(1, 4, 11, 9), (4, 2, 3, 3)], op=F.conv2d_max_pool2d),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_op(case: OpCase) -> None:
+    check_case(case)
+
+
+@pytest.mark.parametrize("case", CONFIGS)
 @pytest.mark.parametrize("activation", [None, "relu"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_fused_equals_unfused_and_gradchecks(case, activation, bias, kernels):
@@ -64,7 +86,7 @@ def test_fused_equals_unfused_and_gradchecks(case, activation, bias, kernels):
 @pytest.mark.parametrize("activation", [None, "relu"])
 def test_fused_double_backward(activation):
     rng = np.random.default_rng(1)
-    case = CASES[0]
+    case = CONFIGS[0]
     inputs = [_t(rng, case[0]), _t(rng, case[1]), _t(rng, (case[1][0],))]
     fused, _ = _pair(case, activation, True)
     assert minidl.gradgradcheck(fused, inputs, mode="directional", directions=3)
@@ -74,7 +96,7 @@ def test_fused_float32_matches_unfused_and_keeps_dtype():
     rng = np.random.default_rng(2)
     inputs = [_t(rng, (4, 3, 16, 16), dtype=np.float32),
               _t(rng, (8, 3, 3, 3), dtype=np.float32), _t(rng, (8,), dtype=np.float32)]
-    fused, unfused = _pair(CASES[0], "relu", True)
+    fused, unfused = _pair(CONFIGS[0], "relu", True)
     a, r = fused(*inputs), unfused(*inputs)
     assert a.dtype == np.float32
     np.testing.assert_array_equal(a.detach().numpy(), r.detach().numpy())

@@ -17,7 +17,7 @@ def _linear_ref(x, w, b=None):
 
 CASES = [
     OpCase("matmul_2d", F.matmul, np.matmul, [(3, 4), (4, 2)], gradgrad=True),
-    OpCase("matmul_op", lambda a, b: a @ b, np.matmul, [(2, 3), (3, 3)]),
+    OpCase("matmul_op", lambda a, b: a @ b, np.matmul, [(2, 3), (3, 3)], op=F.matmul),
     OpCase("matmul_batched", F.matmul, np.matmul, [(2, 3, 4), (2, 4, 5)], gradgrad=True),
     OpCase("matmul_bcast_batch", F.matmul, np.matmul, [(2, 1, 3, 4), (3, 4, 2)],
            gradgrad=True),
@@ -27,9 +27,10 @@ CASES = [
     OpCase("matmul_2d_1d", F.matmul, np.matmul, [(3, 4), (4,)]),
     OpCase("matmul_1d_1d", F.matmul, np.matmul, [(4,), (4,)], gradgrad=True),
     OpCase("matmul_1d_batch", F.matmul, np.matmul, [(4,), (2, 4, 3)]),
-    OpCase("matmul_self", lambda a: a @ a.T, lambda a: a @ a.T, [(3, 2)], gradgrad=True),
+    OpCase("matmul_self", lambda a: a @ a.T, lambda a: a @ a.T, [(3, 2)], gradgrad=True,
+           op=F.matmul),
     OpCase("rmatmul_ndarray", lambda a: np.ones((2, 3)) @ a, lambda a: np.ones((2, 3)) @ a,
-           [(3, 2)]),
+           [(3, 2)], op=F.matmul),
     OpCase("linear", F.linear, _linear_ref, [(5, 4), (3, 4), (3,)], gradgrad=True),
     OpCase("linear_nobias", F.linear, _linear_ref, [(2, 5, 4), (3, 4)]),
     OpCase("linear_batched_bias", F.linear, _linear_ref, [(2, 2, 4), (3, 4), (3,)]),

@@ -44,24 +44,28 @@ def _cases() -> list[OpCase]:
                 f"ce_labels-{tag}",
                 lambda x, t, r=red, s=s: F.softmax_cross_entropy(x, t, r, s),
                 lambda x, t, r=red, s=s: ce_ref(x, t, r, s),
-                [(N, C), Const(_labels)], gradgrad=red == "mean"))
+                [(N, C), Const(_labels)], gradgrad=red == "mean", op=F.softmax_cross_entropy))
             # probability targets are differentiable too (both inputs require grad)
             cases.append(OpCase(
                 f"ce_probs-{tag}",
                 lambda x, t, r=red, s=s: F.cross_entropy(x, t, reduction=r, label_smoothing=s),
                 lambda x, t, r=red, s=s: ce_ref(x, t, r, s),
-                [(N, C), _probs], gradgrad=red == "sum"))
+                [(N, C), _probs], gradgrad=red == "sum", op=F.cross_entropy))
         cases.append(OpCase(f"mse-{red}", lambda p, t, r=red: F.mse_loss(p, t, r),
                             lambda p, t, r=red: _mse_ref(p, t, r), [(3, 4), (3, 4)],
-                            gradgrad=red == "mean"))
+                            gradgrad=red == "mean", op=F.mse_loss))
     cases.append(OpCase("ce_probs_const", lambda x, t: F.softmax_cross_entropy(x, t),
-                        lambda x, t: ce_ref(x, t), [(N, C), Const(_probs)]))
+                        lambda x, t: ce_ref(x, t), [(N, C), Const(_probs)],
+                        op=F.softmax_cross_entropy))
     cases.append(OpCase("mse_ndarray_target", lambda p: F.mse_loss(p, np.full((2, 3), 0.5)),
-                        lambda p: _mse_ref(p, 0.5), [(2, 3)]))
+                        lambda p: _mse_ref(p, 0.5), [(2, 3)], op=F.mse_loss))
     return cases
 
 
-@pytest.mark.parametrize("case", _cases(), ids=str)
+CASES = _cases()
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
 def test_loss(case: OpCase) -> None:
     check_case(case)
 

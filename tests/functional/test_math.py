@@ -15,61 +15,72 @@ _erf = np.vectorize(math.erf)
 
 CASES = [
     # binary ops, same shape and broadcasting
-    OpCase("add", lambda a, b: a + b, np.add, [(2, 3), (2, 3)]),
+    OpCase("add", lambda a, b: a + b, np.add, [(2, 3), (2, 3)], op=F.add),
     OpCase("add_bcast_3d", F.add, np.add, [(3, 1, 4), (2, 4)], gradgrad=True),
-    OpCase("add_bcast_row", lambda a, b: a + b, np.add, [(4,), (3, 4)]),
-    OpCase("add_0d", lambda a, b: a + b, np.add, [(), (2, 3)]),
-    OpCase("add_pyscalar", lambda a: a + 2.5, lambda a: a + 2.5, [(2, 3)]),
-    OpCase("radd_pyscalar", lambda a: 2.5 + a, lambda a: 2.5 + a, [(3,)]),
-    OpCase("sub_bcast", lambda a, b: a - b, np.subtract, [(3, 1, 4), (2, 4)]),
-    OpCase("rsub_pyscalar", lambda a: 1.0 - a, lambda a: 1.0 - a, [(2, 2)]),
+    OpCase("add_bcast_row", lambda a, b: a + b, np.add, [(4,), (3, 4)], op=F.add),
+    OpCase("add_0d", lambda a, b: a + b, np.add, [(), (2, 3)], op=F.add),
+    OpCase("add_pyscalar", lambda a: a + 2.5, lambda a: a + 2.5, [(2, 3)], op=F.add),
+    OpCase("radd_pyscalar", lambda a: 2.5 + a, lambda a: 2.5 + a, [(3,)], op=F.add),
+    OpCase("sub_bcast", lambda a, b: a - b, np.subtract, [(3, 1, 4), (2, 4)], op=F.sub),
+    OpCase("rsub_pyscalar", lambda a: 1.0 - a, lambda a: 1.0 - a, [(2, 2)], op=F.sub),
     OpCase("sub_fn", F.sub, np.subtract, [(5,), ()]),
-    OpCase("mul", lambda a, b: a * b, np.multiply, [(2, 3), (2, 3)], gradgrad=True),
+    OpCase("mul", lambda a, b: a * b, np.multiply, [(2, 3), (2, 3)], gradgrad=True, op=F.mul),
     OpCase("mul_bcast", F.mul, np.multiply, [(3, 1, 4), (2, 4)], gradgrad=True),
-    OpCase("mul_self", lambda a: a * a, lambda a: a * a, [(4,)], gradgrad=True),
-    OpCase("rmul_pyscalar", lambda a: 3 * a, lambda a: 3 * a, [(2, 2)]),
-    OpCase("div", lambda a, b: a / b, np.divide, [(2, 3), positive(2, 3)], gradgrad=True),
+    OpCase("mul_self", lambda a: a * a, lambda a: a * a, [(4,)], gradgrad=True, op=F.mul),
+    OpCase("rmul_pyscalar", lambda a: 3 * a, lambda a: 3 * a, [(2, 2)], op=F.mul),
+    OpCase("div", lambda a, b: a / b, np.divide, [(2, 3), positive(2, 3)], gradgrad=True, op=F.div),
     OpCase("div_bcast", F.div, np.divide, [(3, 1, 4), away_from_zero(2, 4, lo=0.5)],
            gradgrad=True),
-    OpCase("rdiv_pyscalar", lambda a: 2.0 / a, lambda a: 2.0 / a, [away_from_zero(3, lo=0.5)]),
-    OpCase("neg", lambda a: -a, np.negative, [(2, 3)]),
+    OpCase("rdiv_pyscalar", lambda a: 2.0 / a, lambda a: 2.0 / a, [away_from_zero(3, lo=0.5)],
+           op=F.div),
+    OpCase("neg", lambda a: -a, np.negative, [(2, 3)], op=F.neg),
     OpCase("neg_fn", F.neg, np.negative, [(3,)], gradgrad=True),
-    OpCase("pow_both", lambda a, b: a ** b, np.power, [positive(2, 3), (2, 3)], gradgrad=True),
+    OpCase("pow_both", lambda a, b: a ** b, np.power, [positive(2, 3), (2, 3)], gradgrad=True,
+           op=F.pow),
     OpCase("pow_bcast", F.pow, np.power, [positive(3, 1, 2), (4, 2)], gradgrad=True),
-    OpCase("pow_int_exp", lambda a: a ** 3, lambda a: a ** 3, [(2, 3)], gradgrad=True),
-    OpCase("pow_half", lambda a: a ** 0.5, np.sqrt, [positive(4)]),
-    OpCase("rpow", lambda a: 2.0 ** a, lambda a: 2.0 ** a, [(3,)], gradgrad=True),
+    OpCase("pow_int_exp", lambda a: a ** 3, lambda a: a ** 3, [(2, 3)], gradgrad=True, op=F.pow),
+    OpCase("pow_half", lambda a: a ** 0.5, np.sqrt, [positive(4)], op=F.pow),
+    OpCase("rpow", lambda a: 2.0 ** a, lambda a: 2.0 ** a, [(3,)], gradgrad=True, op=F.pow),
     # unary
     OpCase("exp", F.exp, np.exp, [(2, 3)], gradgrad=True),
-    OpCase("exp_method", lambda a: a.exp(), np.exp, [()]),
+    OpCase("exp_method", lambda a: a.exp(), np.exp, [()], op=F.exp),
     OpCase("log", F.log, np.log, [positive(2, 3)], gradgrad=True),
     OpCase("sqrt", F.sqrt, np.sqrt, [positive(2, 3)], gradgrad=True),
     OpCase("abs", F.abs, np.abs, [away_from_zero(2, 3)], gradgrad=True),
-    OpCase("abs_builtin", lambda a: abs(a), np.abs, [away_from_zero(4)]),
+    OpCase("abs_builtin", lambda a: abs(a), np.abs, [away_from_zero(4)], op=F.abs),
     OpCase("erf", F.erf, _erf, [(2, 3)], gradgrad=True),
     # selection
     OpCase("where", lambda c, a, b: F.where(c, a, b), np.where,
-           [Const(lambda r: r.random((2, 3)) > 0.5), (2, 3), (2, 3)], gradgrad=True),
+           [Const(lambda r: r.random((2, 3)) > 0.5), (2, 3), (2, 3)], gradgrad=True, op=F.where),
     OpCase("where_bcast", lambda c, a, b: F.where(c, a, b), np.where,
-           [Const(lambda r: r.random((3, 1)) > 0.5), (1, 4), (3, 4)]),
+           [Const(lambda r: r.random((3, 1)) > 0.5), (1, 4), (3, 4)], op=F.where),
     OpCase("where_scalar", lambda c, a: F.where(c, a, 0.0), lambda c, a: np.where(c, a, 0.0),
-           [Const(np.array([True, False, True])), (3,)]),
+           [Const(np.array([True, False, True])), (3,)], op=F.where),
     OpCase("maximum", F.maximum, np.maximum, [(2, 3), (2, 3)], gradgrad=True),
     OpCase("maximum_bcast", F.maximum, np.maximum, [(3, 1, 4), (2, 4)]),
     OpCase("maximum_scalar", lambda a: F.maximum(a, 0.3), lambda a: np.maximum(a, 0.3),
-           [away_from_zero(5, lo=0.4)]),
+           [away_from_zero(5, lo=0.4)], op=F.maximum),
     OpCase("minimum", F.minimum, np.minimum, [(2, 3), (3,)], gradgrad=True),
     OpCase("clip", lambda a: F.clip(a, -1.0, 1.0), lambda a: np.clip(a, -1, 1),
            [lambda r: r.choice([-1.7, -0.5, 0.3, 0.8, 1.6], (3, 4)) + r.uniform(-.1, .1, (3, 4))],
-           gradgrad=True),
+           gradgrad=True, op=F.clip),
     OpCase("clip_min_only", lambda a: F.clip(a, min=0.0), lambda a: np.clip(a, 0, None),
-           [away_from_zero(6)]),
+           [away_from_zero(6)], op=F.clip),
     OpCase("clamp_method_max_only", lambda a: a.clamp(max=0.5), lambda a: np.minimum(a, 0.5),
-           [lambda r: r.choice([-1.0, 0.2, 1.5], (5,))]),
+           [lambda r: r.choice([-1.0, 0.2, 1.5], (5,))], op=F.clip),
     OpCase("broadcast_to", lambda a: F.broadcast_to(a, (2, 3, 4)),
-           lambda a: np.broadcast_to(a, (2, 3, 4)), [(3, 1)], gradgrad=True),
+           lambda a: np.broadcast_to(a, (2, 3, 4)), [(3, 1)], gradgrad=True, op=F.broadcast_to),
     OpCase("sum_to", lambda a: F.sum_to(a, (3, 1)), lambda a: a.sum(axis=(0, 2))[:, None],
-           [(2, 3, 4)], gradgrad=True),
+           [(2, 3, 4)], gradgrad=True, op=F.sum_to),
+    # dtype and device moves. A float64 -> float32 cast rounds away what finite differences
+    # measure, so the cast case goes to extended precision and back: exact both ways, and
+    # both casts (and their backward casts of the gradient) run.
+    OpCase("cast_roundtrip", lambda a: F.cast(F.cast(a, np.longdouble), a.dtype), lambda a: a,
+           [(2, 3)], gradgrad=True, op=F.cast),
+    # CPU to CPU: the autograd node (forward and backward) runs, the copy is a no-op; the
+    # move between devices is test_to_device_gradient_returns_to_the_source_device.
+    OpCase("to_device_cpu", lambda a: F.to_device(a, "cpu"), lambda a: a, [(2, 3)],
+           gradgrad=True, op=F.to_device),
 ]
 
 
@@ -196,3 +207,12 @@ def test_binary_op_rejects_non_numeric_operands(bad) -> None:
     with pytest.raises(TypeError, match="mul: unsupported operand"):
         bad * x
     assert (x + True).tolist() == [2.0, 3.0] and (x + np.int8(1)).tolist() == [2.0, 3.0]
+
+
+def test_to_device_gradient_returns_to_the_source_device(device: str) -> None:
+    x = minidl.tensor(np.array([1.0, -2.0, 3.0]), requires_grad=True)
+    y = F.to_device(x, device)
+    assert y.device == minidl.backend.Device(device) and y.requires_grad
+    (y * minidl.tensor(np.array([0.5, 2.0, -1.0]), device=device)).sum().backward()
+    assert x.grad.device == minidl.backend.Device("cpu") and x.grad.dtype == np.float64
+    assert x.grad.tolist() == [0.5, 2.0, -1.0]

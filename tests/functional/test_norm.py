@@ -65,21 +65,25 @@ def _eval(x, *wb):
 
 
 CASES = [
-    OpCase("bn_train_2d", _train, bn_train_ref, [(6, 3)], gradgrad=True),
-    OpCase("bn_train_2d_affine", _train, bn_train_ref, [(6, 3), (3,), (3,)], gradgrad=True),
-    OpCase("bn_train_4d", _train, bn_train_ref, [(3, 3, 2, 2)], gradgrad=True),
+    OpCase("bn_train_2d", _train, bn_train_ref, [(6, 3)], gradgrad=True, op=batch_norm),
+    OpCase("bn_train_2d_affine", _train, bn_train_ref, [(6, 3), (3,), (3,)], gradgrad=True,
+           op=batch_norm),
+    OpCase("bn_train_4d", _train, bn_train_ref, [(3, 3, 2, 2)], gradgrad=True, op=batch_norm),
     OpCase("bn_train_4d_affine", _train, bn_train_ref, [(2, 3, 3, 2), (3,), (3,)],
-           gradgrad=True),
-    OpCase("bn_eval_2d", _eval, lambda x: bn_eval_ref(x, RM, RV), [(5, 3)], gradgrad=True),
+           gradgrad=True, op=batch_norm),
+    OpCase("bn_eval_2d", _eval, lambda x: bn_eval_ref(x, RM, RV), [(5, 3)], gradgrad=True,
+           op=batch_norm),
     OpCase("bn_eval_4d_affine", _eval, lambda x, w, b: bn_eval_ref(x, RM, RV, w, b),
-           [(2, 3, 2, 2), (3,), (3,)], gradgrad=True),
+           [(2, 3, 2, 2), (3,), (3,)], gradgrad=True, op=batch_norm),
     OpCase("ln_1", lambda x: layer_norm(x, 4), lambda x: ln_ref(x, 1), [(3, 4)],
-           gradgrad=True),
+           gradgrad=True, op=layer_norm),
     OpCase("ln_2_affine", lambda x, w, b: layer_norm(x, (3, 2), w, b),
-           lambda x, w, b: ln_ref(x, 2, w, b), [(2, 4, 3, 2), (3, 2), (3, 2)], gradgrad=True),
+           lambda x, w, b: ln_ref(x, 2, w, b), [(2, 4, 3, 2), (3, 2), (3, 2)], gradgrad=True,
+           op=layer_norm),
     OpCase("dropout_mask", lambda x, m: dropout(x, 0.25, mask=m),
            lambda x, m: x * m / 0.75, [(4, 5), Const(lambda r: (r.random((4, 5)) > 0.3)
-                                                      .astype(np.float64))], gradgrad=True),
+                                                      .astype(np.float64))], gradgrad=True,
+                                                      op=dropout),
 ]
 
 
