@@ -155,12 +155,6 @@ def is_channels_last(a: Any) -> bool:
     return bool(a.transpose(0, 2, 3, 1).flags.c_contiguous)
 
 
-def nhwc_view(a: Any) -> Any:
-    """(N, H, W, C) C-contiguous view of a channels-last (N, C, H, W) array (else a copy)."""
-    xp = array_module(a)
-    return xp.ascontiguousarray(a.transpose(0, 2, 3, 1))
-
-
 def empty_channels_last(xp: Any, shape: tuple[int, int, int, int], dtype: Any) -> Any:
     """A fresh (N, C, H, W)-shaped array whose memory is (N, H, W, C) C-order."""
     n, c, h, w = shape

@@ -7,6 +7,7 @@ The layers hold the hyperparameters and weights and check shapes; the arithmetic
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,22 +17,17 @@ from minidl.autograd import Tensor
 from minidl.nn import init
 from minidl.nn.module import Module, Parameter
 
+IntPair = int | tuple[int, int]
+"""An int ``n`` (meaning ``(n, n)``) or a pair ``(height, width)``."""
 
-def _pair(v: Any, layer: str, name: str) -> tuple[int, int]:
+
+def _pair(v: IntPair, layer: str, name: str) -> tuple[int, int]:
     if isinstance(v, (int, np.integer)):
         return int(v), int(v)
     t = tuple(int(a) for a in v)
     if len(t) != 2:
         raise ValueError(f"{layer}: {name} must be an int or a pair, got {v!r}")
     return t  # type: ignore[return-value]
-
-
-def _functional(name: str, layer: str) -> Any:
-    fn = getattr(F, name, None)
-    if fn is None:
-        raise NotImplementedError(f"{layer}: minidl.functional.{name} is not available in "
-                                  "this build")
-    return fn
 
 
 def _check_nchw(layer: str, x: Any) -> None:
@@ -58,8 +54,17 @@ class Conv2d(Module):
             ``Conv2D(..., activation="relu")``): the same result as ``Conv2d`` then ``ReLU``,
             one pass over the output cheaper in forward and in backward.
 
-    Shapes: ``x (N, C_in, H, W)`` -> ``(N, C_out, OH, OW)``; ``weight (C_out, C_in/groups,
-    KH, KW)``. Initialized like PyTorch (kaiming uniform, ``a=sqrt(5)``).
+    Shape:
+        - Input: ``(N, C_in, H, W)``.
+        - Output: ``(N, C_out, OH, OW)`` with
+          ``OH = floor((H + PH_top + PH_bottom - DH * (KH - 1) - 1) / SH) + 1`` and the same
+          for ``OW``; ``padding="same"`` (stride 1 only) keeps ``OH = H``, an odd total
+          padding putting the extra row at the bottom/right, as Keras and PyTorch do.
+
+    Attributes:
+        weight (Parameter): ``(C_out, C_in / groups, KH, KW)``, initialized like PyTorch's
+            (kaiming uniform with ``a = sqrt(5)``).
+        bias (Parameter | None): ``(C_out,)``.
 
     >>> import minidl
     >>> conv = minidl.nn.Conv2d(3, 32, 3)
@@ -67,10 +72,10 @@ class Conv2d(Module):
     ((32, 3, 3, 3), 896)
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any,
-                 stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
-                 bias: bool = True, activation: str | None = None,
-                 dtype: Any = np.float32) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair,
+                 stride: IntPair = 1, padding: IntPair | str = 0, dilation: IntPair = 1,
+                 groups: int = 1, bias: bool = True, activation: str | None = None,
+                 dtype: np.dtype | type = np.float32) -> None:
         super().__init__()
         if activation not in (None, "relu"):
             raise ValueError(f"Conv2d: activation must be None or 'relu', got {activation!r}")
@@ -107,8 +112,7 @@ class Conv2d(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        conv2d = _functional("conv2d", "Conv2d")
-        return conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
+        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
                       dilation=self.dilation, groups=self.groups, activation=self.activation)
 
     def extra_repr(self) -> str:
@@ -128,9 +132,12 @@ class Conv2d(Module):
 
 
 class _Pool2d(Module):
-    _fn = ""
+    """Shared by the window poolings: the window geometry and the NCHW check."""
 
-    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0) -> None:
+    _fn: Callable[..., Tensor]  # the functional op, a staticmethod of each subclass
+
+    def __init__(self, kernel_size: IntPair, stride: IntPair | None = None,
+                 padding: IntPair = 0) -> None:
         super().__init__()
         name = type(self).__name__
         self.kernel_size = _pair(kernel_size, name, "kernel_size")
@@ -139,8 +146,7 @@ class _Pool2d(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_nchw(type(self).__name__, x)
-        fn = _functional(self._fn, type(self).__name__)
-        return fn(x, self.kernel_size, stride=self.stride, padding=self.padding)
+        return self._fn(x, self.kernel_size, stride=self.stride, padding=self.padding)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -149,44 +155,56 @@ class _Pool2d(Module):
 class MaxPool2d(_Pool2d):
     """Max over ``kernel_size`` windows (``stride`` defaults to ``kernel_size``).
 
+    Shape:
+        - Input: ``(N, C, H, W)``.
+        - Output: ``(N, C, OH, OW)``, ``OH = floor((H + 2 * PH - KH) / SH) + 1`` (same for
+          ``OW``).
+
     >>> import minidl
     >>> minidl.nn.MaxPool2d(2)
     MaxPool2d(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0))
     """
 
-    _fn = "max_pool2d"
+    _fn = staticmethod(F.max_pool2d)
 
 
 class AvgPool2d(_Pool2d):
     """Mean over ``kernel_size`` windows (``stride`` defaults to ``kernel_size``).
+
+    Shape:
+        - Input: ``(N, C, H, W)``.
+        - Output: ``(N, C, OH, OW)``, ``OH = floor((H + 2 * PH - KH) / SH) + 1`` (same for
+          ``OW``).
 
     >>> import minidl
     >>> minidl.nn.AvgPool2d(3, stride=2, padding=1)
     AvgPool2d(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))
     """
 
-    _fn = "avg_pool2d"
+    _fn = staticmethod(F.avg_pool2d)
 
 
 class AdaptiveAvgPool2d(Module):
     """Average-pool to a fixed ``output_size`` whatever the input size (``1``: global
     average pooling, as before a ResNet's classifier).
 
-    Shapes: ``(N, C, H, W)`` -> ``(N, C, *output_size)``.
+    Shape:
+        - Input: ``(N, C, H, W)``.
+        - Output: ``(N, C, *output_size)``; output cell ``i`` averages input rows
+          ``floor(i * H / OH)`` to ``ceil((i + 1) * H / OH)`` (PyTorch's bins).
 
     >>> import minidl
     >>> minidl.nn.AdaptiveAvgPool2d(1)
     AdaptiveAvgPool2d(output_size=(1, 1))
     """
 
-    def __init__(self, output_size: Any) -> None:
+    def __init__(self, output_size: IntPair) -> None:
         super().__init__()
         self.output_size = _pair(output_size, "AdaptiveAvgPool2d", "output_size")
 
     def forward(self, x: Tensor) -> Tensor:
         _check_nchw("AdaptiveAvgPool2d", x)
-        fn = _functional("adaptive_avg_pool2d", "AdaptiveAvgPool2d")
-        return fn(x, self.output_size)
+        return F.adaptive_avg_pool2d(x, self.output_size)
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"

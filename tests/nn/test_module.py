@@ -167,7 +167,7 @@ def test_sequential_and_modulelist() -> None:
     assert [type(m).__name__ for m in seq] == ["Linear", "ReLU", "Linear"]
     assert isinstance(seq[:2], nn.Sequential) and len(seq[:2]) == 2
     assert seq(minidl.ones(4, 2)).shape == (4, 1)
-    with pytest.raises(IndexError, match="index 5 out of range for 3 modules"):
+    with pytest.raises(IndexError, match="Sequential: index 5 is out of range for 3 modules"):
         seq[5]
     ml = nn.ModuleList([nn.Linear(2, 2)]).extend([nn.Linear(2, 2)])
     assert len(ml) == 2 and [n for n, _ in ml.named_parameters()][2] == "1.weight"
