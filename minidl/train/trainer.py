@@ -33,9 +33,16 @@ from minidl import amp, backend, random
 from minidl.autograd import Tensor, no_grad
 from minidl.data import DataLoader
 from minidl.functional import argmax, softmax_cross_entropy
+from minidl.nn import Module
+from minidl.optim import Optimizer
+from minidl.optim.lr_scheduler import LRScheduler
 from minidl.serialization import load, save
 from minidl.train.callbacks import Callback, LRSchedulerStep
 from minidl.train.history import History
+
+Batches = Iterable[Any] | tuple[Any, Any]
+"""What ``fit``/``evaluate`` take: a re-iterable of ``(x, y)`` batches (a ``DataLoader``) or
+an ``(x, y)`` pair of arrays/Tensors, batched by the trainer."""
 
 
 def _accuracy_count(logits: Tensor, y: Tensor) -> Any:
@@ -153,10 +160,10 @@ class Trainer:
 
     def __init__(
         self,
-        model: Any,
-        optimizer: Any,
+        model: Module,
+        optimizer: Optimizer,
         loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-        scheduler: Any = None,
+        scheduler: LRScheduler | None = None,
         scheduler_per: str = "epoch",
         callbacks: Iterable[Callback] = (),
         progress: bool = True,
@@ -285,9 +292,9 @@ class Trainer:
 
     def fit(
         self,
-        train: Any,
+        train: Batches,
         epochs: int,
-        validation: Any = None,
+        validation: Batches | None = None,
         *,
         batch_size: int = 32,
         shuffle: bool = True,
@@ -408,7 +415,7 @@ class Trainer:
             logs["lr"] = float(groups[0]["lr"])
         return logs
 
-    def evaluate(self, loader: Any, desc: str = "evaluate", batch_size: int = 256) -> dict:
+    def evaluate(self, loader: Batches, desc: str = "evaluate", batch_size: int = 256) -> dict:
         """Mean loss and accuracy over ``loader`` in eval mode, under ``no_grad``.
 
         Args:
