@@ -33,8 +33,14 @@ class Linear(Module):
         bias: learn an additive bias.
         dtype: parameter dtype (float32 by default).
 
-    Shapes: ``x (..., in_features)`` -> ``(..., out_features)``; ``weight
-    (out_features, in_features)``. Initialized like PyTorch (kaiming uniform, ``a=sqrt(5)``).
+    Shape:
+        - Input: ``(..., in_features)``, any number of leading axes.
+        - Output: ``(..., out_features)``.
+
+    Attributes:
+        weight (Parameter): ``(out_features, in_features)``, initialized like PyTorch's
+            (kaiming uniform with ``a = sqrt(5)``).
+        bias (Parameter | None): ``(out_features,)``.
 
     >>> import minidl
     >>> minidl.nn.Linear(4, 3)(minidl.ones(2, 4)).shape
@@ -81,6 +87,11 @@ Dense = Linear
 class Flatten(Module):
     """Flatten axes ``start_dim..end_dim`` into one (by default all but the batch axis).
 
+    Shape:
+        - Input: ``(N, *dims)``.
+        - Output: ``(N, prod(dims))`` with the defaults; in general the axes
+          ``start_dim..end_dim`` are replaced by their product.
+
     >>> import minidl
     >>> minidl.nn.Flatten()(minidl.ones(2, 3, 4, 4)).shape
     (2, 48)
@@ -116,6 +127,14 @@ class Identity(Module):
 
 class Dropout(Module):
     """Inverted dropout with drop probability ``p``; the identity in eval mode.
+
+    In training each element is zeroed with probability ``p`` and the survivors are
+    scaled by ``1 / (1 - p)``, so the expected output equals the input and eval needs no
+    rescaling.
+
+    Shape:
+        - Input: any shape.
+        - Output: the same shape.
 
     >>> import minidl
     >>> d = minidl.nn.Dropout(0.5).eval()
@@ -206,6 +225,10 @@ class GELU(Module):
 
 class Softmax(Module):
     """Softmax along ``dim``.
+
+    Shape:
+        - Input: any shape.
+        - Output: the same shape; the entries along ``dim`` are positive and sum to 1.
 
     >>> import minidl
     >>> minidl.nn.Softmax(dim=1)(minidl.zeros(1, 2)).tolist()

@@ -17,7 +17,10 @@ class CrossEntropyLoss(Module):
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         label_smoothing: ``s`` in ``[0, 1)``: the target becomes ``(1 - s) one_hot + s / C``.
 
-    Shapes: ``logits (N, C)``, ``target (N,)`` int or ``(N, C)`` float -> scalar (or ``(N,)``).
+    Shape:
+        - Input: logits ``(N, C)``; target ``(N,)`` integer labels or ``(N, C)``
+          probabilities.
+        - Output: a scalar, or ``(N,)`` with ``reduction="none"``.
 
     >>> import minidl
     >>> loss = minidl.nn.CrossEntropyLoss()

@@ -81,6 +81,14 @@ class _BatchNorm(Module):
 class BatchNorm1d(_BatchNorm):
     """Batch norm over ``(N, C)`` or ``(N, C, L)`` inputs, per feature ``C``.
 
+    Shape:
+        - Input: ``(N, C)`` or ``(N, C, L)``.
+        - Output: the same shape.
+
+    Attributes:
+        weight, bias (Parameter): ``(C,)`` scale and shift (when ``affine``).
+        running_mean, running_var (buffers): ``(C,)``, used in eval mode.
+
     >>> import minidl
     >>> bn = minidl.nn.BatchNorm1d(2)
     >>> y = bn(minidl.tensor([[1.0, 2.0], [3.0, 6.0]]))
@@ -94,6 +102,14 @@ class BatchNorm1d(_BatchNorm):
 
 class BatchNorm2d(_BatchNorm):
     """Batch norm over ``(N, C, H, W)`` inputs, per channel ``C``.
+
+    Shape:
+        - Input: ``(N, C, H, W)``.
+        - Output: the same shape.
+
+    Attributes:
+        weight, bias (Parameter): ``(C,)`` scale and shift (when ``affine``).
+        running_mean, running_var (buffers): ``(C,)``, used in eval mode.
 
     ``activation="relu"`` fuses the ReLU of a conv-BN-ReLU block into the normalization
     pass (same result as ``BatchNorm2d`` then ``ReLU``, one pass over the map cheaper).
@@ -110,6 +126,13 @@ class BatchNorm2d(_BatchNorm):
 
 class LayerNorm(Module):
     """Normalize over the trailing ``normalized_shape`` axes of each sample.
+
+    Shape:
+        - Input: ``(*, *normalized_shape)``.
+        - Output: the same shape.
+
+    Attributes:
+        weight, bias (Parameter): of ``normalized_shape`` (when ``elementwise_affine``).
 
     >>> import minidl
     >>> minidl.nn.LayerNorm(4)(minidl.ones(2, 4)).shape
