@@ -11,8 +11,8 @@ Forward is im2col + one GEMM. Backward needs two products:
 
 In an ordinary backward pass all three come from one kernel call that shares the
 reshaped ``gy``. Under ``create_graph=True`` backward is instead written with the two
-differentiable ops ``Conv2dGradInput`` and ``Conv2dGradWeight``, whose own backwards are
-convolutions again, so conv2d has second derivatives too.
+differentiable ops ``Conv2dGradInputFunction`` and ``Conv2dGradWeightFunction``, whose
+own backwards are convolutions again, so conv2d has second derivatives too.
 """
 
 from __future__ import annotations
@@ -49,9 +49,7 @@ class Conv2dFunction(Function):
 
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
         self.cols = None
-        keep = (self.needs_input_grad[1:2] == (True,)
-                and keep_cols(self, K.conv2d_geometry(x.shape, w.shape, *self.args),
-                              x.itemsize))
+        keep = keep_cols(self, K.conv2d_geometry(x.shape, w.shape, *self.args), x.itemsize)
         out = K.conv2d_forward(x, w, b, *self.args, relu=self.relu, return_cols=keep)
         if keep:
             out, self.cols = out
