@@ -105,7 +105,7 @@ class Conv2dGradInputFunction(Function):
     """``gx = conv_transpose(gy, w)`` as a differentiable op (inputs gy, w).
 
     Shapes: gy (N, OC, OH, OW), w (OC, C/groups, KH, KW), gx of ``x_shape`` (N, C, H, W).
-    Backward: ``d_gy = conv2d(ggx, w)``, ``d_w = Conv2dGradWeight(ggx, gy)``.
+    Backward: ``d_gy = conv2d(ggx, w)``, ``d_w = Conv2dGradWeightFunction(ggx, gy)``.
     """
 
     def forward(self, gy: Any, w: Any) -> Any:
@@ -123,7 +123,7 @@ class Conv2dGradWeightFunction(Function):
     """``gw = rows(gy)^T @ im2col(x)`` as a differentiable op (inputs x, gy).
 
     Shapes: x (N, C, H, W), gy (N, OC, OH, OW), gw of ``w_shape`` (OC, C/groups, KH, KW).
-    Backward: ``d_x = Conv2dGradInput(gy, ggw)``, ``d_gy = conv2d(x, ggw)``.
+    Backward: ``d_x = Conv2dGradInputFunction(gy, ggw)``, ``d_gy = conv2d(x, ggw)``.
     """
 
     def forward(self, x: Any, gy: Any) -> Any:

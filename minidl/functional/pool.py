@@ -25,7 +25,7 @@ class MaxPool2dFunction(Function):
     """``y[n, c, i, j] = max`` of window (i, j) of x: x (N, C, H, W), y (N, C, OH, OW); keeps
     the flat arg-max ``indices`` (N, C, OH, OW).
 
-    Backward: ``gx = MaxPool2dGrad(gy)``: each ``gy[n, c, i, j]`` added at its arg-max.
+    Backward: ``gx = MaxPool2dGradFunction(gy)``: each ``gy[n, c, i, j]`` added at its arg-max.
     """
 
     def forward(self, x: Any) -> Any:
@@ -54,7 +54,7 @@ class MaxPool2dGatherFunction(Function):
     """Pick the arg-max positions out of an input-shaped tensor (adjoint of the scatter).
 
     ``y = a.flat[indices]`` per (n, c): a (N, C, H, W), y (N, C, OH, OW). Backward:
-    ``ga = MaxPool2dGrad(gy)``.
+    ``ga = MaxPool2dGradFunction(gy)``.
     """
 
     def forward(self, a: Any) -> Any:
@@ -72,7 +72,7 @@ class MaxPool2dGatherFunction(Function):
 class AvgPool2dFunction(Function):
     """``y`` = the mean of each window: x (N, C, H, W), y (N, C, OH, OW).
 
-    Backward: ``gx = AvgPool2dGrad(gy)``: each ``gy[n, c, i, j]`` / divisor over its window.
+    Backward: ``gx = AvgPool2dGradFunction(gy)``: each ``gy[n, c, i, j]`` / divisor over its window.
     """
 
     def forward(self, x: Any) -> Any:

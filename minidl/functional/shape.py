@@ -190,7 +190,7 @@ def _is_basic(index: Any) -> bool:
 class GetItemFunction(Function):
     """``y = x[index]``, basic or advanced indexing.
 
-    Backward: ``gx = GetItemGrad(gy)``: gy scattered into zeros of x.shape (repeats add up).
+    Backward: ``gx = GetItemGradFunction(gy)``: gy scattered into zeros of x.shape (repeats add up).
     """
 
     def forward(self, x: Any) -> Any:
