@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from minidl import _deprecated
 from minidl.autograd import Tensor, _set_autocast_dtype, autocast_dtype
 from minidl.functional.math import cast
 
@@ -176,3 +177,8 @@ class GradScaler:
         """Restore ``state_dict()``."""
         self.scale_value = float(state["scale"])
         self._good_steps = int(state["good_steps"])
+
+
+# The cast policy moved beside ``cast`` (minidl.functional.math); the old names still work.
+__getattr__ = _deprecated.aliases(__name__, {"lower": "minidl.functional.math.lower",
+                                             "upper": "minidl.functional.math.upper"})

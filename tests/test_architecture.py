@@ -22,7 +22,7 @@ PACKAGE = Path(minidl.__file__).parent
 
 # Lower number = lower layer. A module may import modules of its own layer or below.
 LAYERS: list[tuple[int, str]] = [
-    (0, "minidl.backend"), (0, "minidl.random"), (0, "minidl._fileio"),
+    (0, "minidl.backend"), (0, "minidl.random"), (0, "minidl._fileio"), (0, "minidl._deprecated"),
     (0, "minidl.kernels._threads"),
     (1, "minidl.kernels"),
     (2, "minidl.autograd"),
@@ -175,3 +175,17 @@ def test_autograd_functions_do_not_share_names_with_layers():
         f.__name__ for f in functions if not f.__name__.endswith("Function")]
     x = minidl.tensor([1.0], requires_grad=True)
     assert repr(nn.functional.relu(x)) == "tensor([1.], grad_fn=<ReLUBackward>)"
+
+
+def test_renamed_public_names_still_work_with_a_deprecation_warning():
+    import minidl.amp
+    import minidl.functional.conv
+    import minidl.functional.math
+
+    with pytest.warns(DeprecationWarning, match="functional.conv.Conv2d is deprecated; use "
+                                                "minidl.functional.conv.Conv2dFunction"):
+        assert minidl.functional.conv.Conv2d is minidl.functional.conv.Conv2dFunction
+    with pytest.warns(DeprecationWarning, match="amp.upper is deprecated"):
+        assert minidl.amp.upper is minidl.functional.math.upper
+    with pytest.raises(AttributeError, match="has no attribute 'Conv3d'"):
+        minidl.functional.conv.Conv3d  # noqa: B018

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from minidl import backend
+from minidl import _deprecated, backend
 from minidl.autograd import Function, Tensor, is_grad_enabled
 from minidl.functional.math import _mask, erf, exp, upper
 from minidl.functional.reduce import sum as _sum
@@ -206,3 +206,8 @@ def log_softmax(x: Tensor, axis: int | None = None, *, dim: int | None = None) -
     """
     (x,) = upper(x)  # float32 inside autocast
     return LogSoftmaxFunction.apply(x, axis=_softmax_axis(x, axis, dim, "log_softmax"))
+
+
+# The Function classes were named like the layers (``Conv2d``) before they took the
+# ``Function`` suffix; the old names still work, with a DeprecationWarning.
+__getattr__ = _deprecated.function_suffix(__name__)

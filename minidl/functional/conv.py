@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from minidl import _deprecated
 from minidl.autograd import Function, Tensor, is_grad_enabled
 from minidl.functional.math import lower
 from minidl.kernels import conv as K
@@ -175,3 +176,8 @@ def conv2d(
     args = (stride, padding, dilation, groups)
     tensors = (x, weight) if bias is None else (x, weight, bias)
     return Conv2dFunction.apply(*tensors, args=args, relu=activation == "relu")
+
+
+# The Function classes were named like the layers (``Conv2d``) before they took the
+# ``Function`` suffix; the old names still work, with a DeprecationWarning.
+__getattr__ = _deprecated.function_suffix(__name__)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from minidl import _deprecated
 from minidl.autograd import Function, Tensor, is_grad_enabled
 from minidl.functional.conv import checked_inputs, differentiable_grads, keep_cols
 from minidl.functional.pool import MaxPool2dGradFunction
@@ -182,3 +183,8 @@ def conv2d_max_pool2d(
     return Conv2dMaxPool2dFunction.apply(*tensors, args=(stride, padding, dilation, groups),
                                  pool_args=(pool_size, pool_stride, pool_padding, 1, False),
                                  relu=activation == "relu")
+
+
+# The Function classes were named like the layers (``Conv2d``) before they took the
+# ``Function`` suffix; the old names still work, with a DeprecationWarning.
+__getattr__ = _deprecated.function_suffix(__name__)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from minidl import _deprecated
 from minidl.autograd import Function, Tensor
 from minidl.functional.math import _operands, lower, sum_to
 
@@ -110,3 +111,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
             raise TypeError(f"linear: {name} dtype {t.dtype} differs from input dtype {x.dtype}")
     args = (x, weight) if bias is None else (x, weight, bias)
     return LinearFunction.apply(*args)
+
+
+# The Function classes were named like the layers (``Conv2d``) before they took the
+# ``Function`` suffix; the old names still work, with a DeprecationWarning.
+__getattr__ = _deprecated.function_suffix(__name__)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from minidl import backend
+from minidl import _deprecated, backend
 from minidl.autograd import Function, Tensor
 from minidl.functional.activation import log_softmax, softmax
 from minidl.functional.math import upper
@@ -177,3 +177,6 @@ def mse_loss(pred: Tensor, target: Tensor | Any, reduction: str = "mean") -> Ten
     return _mean(sq) if reduction == "mean" else _sum(sq)
 
 
+# The Function classes were named like the layers (``Conv2d``) before they took the
+# ``Function`` suffix; the old names still work, with a DeprecationWarning.
+__getattr__ = _deprecated.function_suffix(__name__)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from minidl import backend
+from minidl import _deprecated, backend
 from minidl.autograd import _DEFAULT_FLOAT, Function, Tensor, _is_float, autocast_dtype
 
 # ----------------------------------------------------------------------------------------
@@ -633,3 +633,8 @@ def to_device(x: Tensor, device: Any) -> Tensor:
     Device('cpu')
     """
     return ToDeviceFunction.apply(x, device=backend.Device(device))
+
+
+# The Function classes were named like the layers (``Conv2d``) before they took the
+# ``Function`` suffix; the old names still work, with a DeprecationWarning.
+__getattr__ = _deprecated.function_suffix(__name__)

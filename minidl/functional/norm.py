@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from minidl import backend
+from minidl import _deprecated, backend
 from minidl.autograd import Function, Tensor, is_grad_enabled
 from minidl.functional.math import sqrt, upper
 from minidl.functional.reduce import mean as _mean
@@ -361,3 +361,8 @@ def dropout(
     scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
     factor = keep.astype(x.dtype) * scale  # a Python-float scale keeps x's dtype
     return x * _const(factor)
+
+
+# The Function classes were named like the layers (``Conv2d``) before they took the
+# ``Function`` suffix; the old names still work, with a DeprecationWarning.
+__getattr__ = _deprecated.function_suffix(__name__)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from minidl import backend
+from minidl import _deprecated, backend
 from minidl.autograd import Function, Tensor
 from minidl.functional.shape import stack
 from minidl.kernels import pool as K
@@ -171,3 +171,8 @@ def adaptive_avg_pool2d(x: Tensor, output_size: int | tuple[int | None, int | No
             cells.append(x[:, :, r0:r1, c0:c1].mean(axis=(2, 3)))
         rows.append(stack(cells, axis=-1))
     return stack(rows, axis=-2)
+
+
+# The Function classes were named like the layers (``Conv2d``) before they took the
+# ``Function`` suffix; the old names still work, with a DeprecationWarning.
+__getattr__ = _deprecated.function_suffix(__name__)

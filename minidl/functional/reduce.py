@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from minidl import _deprecated
 from minidl.autograd import Function, Tensor
 from minidl.functional.math import _mask, broadcast_to, cast
 from minidl.functional.shape import _axis_or_dim
@@ -179,3 +180,8 @@ def argmax(x: Tensor, axis: int | None = None, *, dim: int | None = None) -> Ten
     """
     axis = _axis_or_dim(axis, dim, "argmax")
     return Tensor(x.data.argmax(axis=axis).astype(np.int64))
+
+
+# The Function classes were named like the layers (``Conv2d``) before they took the
+# ``Function`` suffix; the old names still work, with a DeprecationWarning.
+__getattr__ = _deprecated.function_suffix(__name__)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from minidl import backend
+from minidl import _deprecated, backend
 from minidl.autograd import Function, Tensor
 
 
@@ -364,3 +364,8 @@ def pad(x: Tensor, pad_width: int | Sequence[Any], value: float = 0.0) -> Tensor
     if any(v < 0 for p in width for v in p):
         raise ValueError(f"pad: negative padding {pad_width}")
     return PadFunction.apply(x, pad_width=width, value=value)
+
+
+# The Function classes were named like the layers (``Conv2d``) before they took the
+# ``Function`` suffix; the old names still work, with a DeprecationWarning.
+__getattr__ = _deprecated.function_suffix(__name__)
