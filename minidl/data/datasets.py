@@ -85,8 +85,36 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return codecs.encode(text, "latin1")
 
 
-_RECONSTRUCT = _numpy_attr(("numpy._core.multiarray", "numpy.core.multiarray"), "_reconstruct")
-_FROMBUFFER = _numpy_attr(("numpy._core.numeric", "numpy.core.numeric"), "_frombuffer")
+class _Admitted:
+    """A stand-in for an admitted function: callable, but immutable to the pickle.
+
+    A pickle's BUILD opcode sets attributes on whatever object is on the stack, including a
+    global it just loaded; handed the real ``_frombuffer`` it could rewrite the function's
+    ``__defaults__`` for the whole process. BUILD on this wrapper calls ``__setstate__``,
+    which refuses, and there are no slots to set.
+    """
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Any) -> None:
+        self._fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self._fn(*args)
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError(
+            f"restricted unpickler: refusing to set attributes on {self._fn.__name__}")
+
+
+def _admit(fn: Any) -> _Admitted | None:
+    return None if fn is None else _Admitted(fn)
+
+
+_RECONSTRUCT = _admit(
+    _numpy_attr(("numpy._core.multiarray", "numpy.core.multiarray"), "_reconstruct"))
+_FROMBUFFER = _admit(_numpy_attr(("numpy._core.numeric", "numpy.core.numeric"), "_frombuffer"))
+# Classes are immutable types and go in as they are (NEWOBJ needs a real class).
 _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
@@ -94,7 +122,7 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): _latin1_encode,
+    ("_codecs", "encode"): _Admitted(_latin1_encode),
 }
 
 

@@ -246,6 +246,129 @@ def test_restricted_unpickler_reads_arrays_and_containers():
         assert out["a"].dtype == np.int16
 
 
+
+# Hand-assembled pickles: each names a dangerous global with GLOBAL (protocol 0-3 style) or
+# STACK_GLOBAL (protocol 4+) and calls it with REDUCE, so no Python object ever had to exist
+# for them. If executed, most would create the marker file; none may run.
+_PROTO2, _PROTO4, _MARK, _TUPLE, _REDUCE, _BUILD, _STOP = b"\x80\x02", b"\x80\x04", b"(", b"t", \
+    b"R", b"b", b"."
+
+
+def _u(text: str) -> bytes:  # BINUNICODE
+    data = text.encode()
+    return b"X" + len(data).to_bytes(4, "little") + data
+
+
+def _glob(module: str, name: str, stack: bool = False) -> bytes:
+    if stack:
+        return _u(module) + _u(name) + b"\x93"  # STACK_GLOBAL
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"  # GLOBAL
+
+
+def _call(func: bytes, *args: bytes) -> bytes:
+    return func + _MARK + b"".join(args) + _TUPLE + _REDUCE
+
+
+def _evil_pickles(marker: Path) -> dict[str, bytes]:
+    touch = f"touch {marker}"
+    py = f"open({str(marker)!r}, 'w')"
+    encode = _glob("_codecs", "encode")
+    return {
+        "builtins.getattr": _call(_glob("builtins", "getattr"), encode, _u("__globals__")),
+        "builtins.__import__": _call(_glob("builtins", "__import__"), _u("os")),
+        "builtins.eval": _call(_glob("builtins", "eval"), _u(py)),
+        "builtins.exec": _call(_glob("builtins", "exec"), _u(py)),
+        "__builtin__.eval": _call(_glob("__builtin__", "eval"), _u(py)),  # Python 2 name
+        "operator.attrgetter": _call(_call(_glob("operator", "attrgetter"), _u("system")),
+                                     _call(_glob("builtins", "__import__"), _u("os"))),
+        "operator.methodcaller": _call(_glob("operator", "methodcaller"), _u("system"),
+                                       _u(touch)),
+        "os.system": _call(_glob("os", "system"), _u(touch)),
+        "posix.system": _call(_glob("posix", "system"), _u(touch)),
+        "nt.system": _call(_glob("nt", "system"), _u(touch)),
+        "subprocess.Popen": _call(_glob("subprocess", "Popen"),
+                                  _MARK + _u("touch") + _u(str(marker)) + b"l"),  # LIST
+        "_codecs.encode.__globals__": _glob("_codecs", "encode.__globals__"),
+        "_codecs.encode.__globals__ (STACK_GLOBAL)": _glob("_codecs", "encode.__globals__",
+                                                           stack=True),
+        "numpy.core.multiarray._reconstruct.__globals__": _glob(
+            "numpy.core.multiarray", "_reconstruct.__globals__", stack=True),
+        "numpy.load (STACK_GLOBAL)": _call(_glob("numpy", "load", stack=True), _u("x.npy")),
+        "numpy.core.multiarray (via numpy)": _glob("numpy", "core.multiarray._reconstruct"),
+        "numpy.ndarray.__reduce_ex__": _glob("numpy", "ndarray.__reduce_ex__", stack=True),
+    }
+
+
+def test_restricted_unpickler_allow_list_is_exactly_this() -> None:
+    from minidl.data import datasets
+
+    assert set(datasets._SAFE_GLOBALS) == {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }
+    assert datasets._SAFE_GLOBALS["numpy", "ndarray"] is np.ndarray
+    assert datasets._SAFE_GLOBALS["numpy", "dtype"] is np.dtype
+    for key in [("numpy._core.multiarray", "_reconstruct"), ("numpy._core.numeric", "_frombuffer"),
+                ("_codecs", "encode")]:  # functions go in wrapped, never as themselves
+        assert type(datasets._SAFE_GLOBALS[key]) is datasets._Admitted, key
+
+
+@pytest.mark.parametrize("protocol", [_PROTO2, _PROTO4], ids=["proto2", "proto4"])
+@pytest.mark.parametrize("case", sorted(_evil_pickles(Path("m"))))
+def test_restricted_unpickler_refuses_dangerous_globals(tmp_path, case, protocol):
+    marker = tmp_path / "pwned"
+    payload = protocol + _evil_pickles(marker)[case] + _STOP
+    refused = case.split(" ")[0]
+    with pytest.raises(DataFormatError, match=r"evil\.pkl: restricted unpickler: refusing to "
+                                              rf"load global {refused.split('.')[0]}\.") as info:
+        safe_unpickle(payload, "evil.pkl")
+    assert isinstance(info.value.__cause__, pickle.UnpicklingError)
+    assert not marker.exists()
+
+
+def test_restricted_unpickler_refuses_before_running_anything(tmp_path):
+    # A legitimate array first, then the call: nothing at all may run.
+    marker = tmp_path / "pwned"
+    array = pickle.dumps(np.arange(3), protocol=2)[2:-1]
+    payload = (_PROTO2 + _MARK + array + _call(_glob("os", "system"), _u(f"touch {marker}"))
+               + b"l" + _STOP)
+    with pytest.raises(DataFormatError, match="refusing to load global os.system"):
+        safe_unpickle(payload)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("module,name", [("numpy._core.numeric", "_frombuffer"),
+                                         ("numpy.core.multiarray", "_reconstruct"),
+                                         ("_codecs", "encode")])
+@pytest.mark.parametrize("state", [
+    b"}" + _u("pwned") + b"K\x01s",  # BUILD with a dict: into the object's __dict__
+    b"N}" + _u("__defaults__") + _MARK + b"K\x01K\x00t" + b"s\x86",  # (None, slots): setattr
+], ids=["dict-state", "slot-state"])
+def test_restricted_unpickler_cannot_modify_admitted_functions(module, name, state):
+    """BUILD on an admitted global would otherwise rewrite numpy's own function for the
+    whole process (e.g. _frombuffer's axis_order default)."""
+    from numpy._core.multiarray import _reconstruct
+    from numpy._core.numeric import _frombuffer
+
+    defaults = _frombuffer.__defaults__
+    with pytest.raises(DataFormatError, match="restricted unpickler"):
+        safe_unpickle(_PROTO2 + _glob(module, name) + state + _BUILD + _STOP)
+    assert _frombuffer.__defaults__ == defaults and not hasattr(_frombuffer, "pwned")
+    assert not hasattr(_reconstruct, "pwned")
+    np.testing.assert_array_equal(  # arrays still come back right
+        safe_unpickle(pickle.dumps(np.arange(6).reshape(2, 3).T, protocol=5)),
+        np.arange(6).reshape(2, 3).T)
+
+
+@pytest.mark.parametrize("name", ["ndarray", "dtype"])
+def test_restricted_unpickler_cannot_modify_admitted_classes(name):
+    with pytest.raises(DataFormatError):
+        safe_unpickle(_PROTO2 + _glob("numpy", name) + b"N}" + _u("pwned") + b"K\x01s\x86"
+                      + _BUILD + _STOP)
+    assert not hasattr(getattr(np, name), "pwned")
+
+
 # ------------------------------------------------------------------------- IDX
 
 
