@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import minidl
+import minidl.functional as F
 from minidl import nn
 from minidl.models import Residual, Scale, resnet9, seed_cnn
 
@@ -31,19 +32,57 @@ def test_seed_cnn_matches_the_keras_tutorial() -> None:
     assert model[0].activation == model[2].activation == "relu"
 
 
+def _unfused_reference(model: nn.Sequential, x: minidl.Tensor) -> minidl.Tensor:
+    """``model`` run layer by layer with fusion off: conv2d, then a separate relu, then
+    max_pool2d, each its own op (the fused kernels never run)."""
+    old = nn.set_fusion(False)
+    try:
+        h = x
+        for m in model:
+            if isinstance(m, nn.Conv2d):
+                h = F.relu(F.conv2d(h, m.weight, m.bias, stride=m.stride, padding=m.padding))
+            else:
+                h = m(h)
+        return h
+    finally:
+        nn.set_fusion(old)
+
+
+def _grads(model: nn.Module) -> dict[str, np.ndarray]:
+    return {name: p.grad.numpy().copy() for name, p in model.named_parameters()}
+
+
 def test_seed_cnn_fused_relu_equals_separate_relu() -> None:
-    fused = seed_cnn()
-    layers = []
-    for m in fused:
-        if isinstance(m, nn.Conv2d):
-            plain = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size)
-            plain.load_state_dict(m.state_dict())
-            layers += [plain, nn.ReLU()]
-        else:
-            layers.append(m)
-    unfused = nn.Sequential(*layers)
+    model = seed_cnn()
+    assert nn.fusion_enabled()
     x = images(4, 3, 32)
-    np.testing.assert_array_equal(fused(x).detach().numpy(), unfused(x).detach().numpy())
+    r = minidl.tensor(np.random.default_rng(1).standard_normal((4, 10)).astype(np.float32))
+    fused = model(x)
+    (fused * r).sum().backward()
+    fused_grads = _grads(model)
+    model.zero_grad()
+    ref = _unfused_reference(model, x)
+    (ref * r).sum().backward()
+    np.testing.assert_allclose(fused.detach().numpy(), ref.detach().numpy(), rtol=1e-5,
+                               atol=1e-6)
+    for name, g in _grads(model).items():
+        np.testing.assert_allclose(fused_grads[name], g, rtol=1e-4,
+                                   atol=1e-5 * np.abs(g).max(), err_msg=name)
+    old = nn.set_fusion(False)  # unfused, Conv2d(activation="relu") runs the conv epilogue
+    try:
+        np.testing.assert_allclose(model(x).detach().numpy(), ref.detach().numpy(),
+                                   rtol=1e-5, atol=1e-6)
+    finally:
+        nn.set_fusion(old)
+    # the ReLU matters here: without it (or with |y| in its place) the output changes
+    old = nn.set_fusion(False)
+    try:
+        h = x
+        for m in model[:4]:
+            h = F.conv2d(h, m.weight, m.bias) if isinstance(m, nn.Conv2d) else m(h)
+    finally:
+        nn.set_fusion(old)
+    assert (h.detach().numpy() < 0).mean() > 0.1
 
 
 @pytest.mark.parametrize(("in_channels", "size", "classes", "flat"),
@@ -65,11 +104,17 @@ def test_seed_cnn_rejects_too_small_images() -> None:
 
 def test_seed_cnn_backward_reaches_every_parameter() -> None:
     model = seed_cnn(in_channels=1, image_size=28)
-    out = model(images(2, 1, 28))
-    out.sum().backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None, name
-        assert p.grad.shape == p.shape and p.grad.dtype == np.float32, name
+    x = images(2, 1, 28)
+    model(x).sum().backward()
+    got = _grads(model)
+    model.zero_grad()
+    _unfused_reference(model, x).sum().backward()
+    shapes = {name: p.shape for name, p in model.named_parameters()}
+    for name, want in _grads(model).items():
+        assert got[name].shape == shapes[name] and got[name].dtype == np.float32, name
+        assert np.abs(want).max() > 0, name
+        np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5 * np.abs(want).max(),
+                                   err_msg=name)
 
 
 def test_resnet9_shapes_and_parameter_count() -> None:
@@ -82,10 +127,14 @@ def test_resnet9_shapes_and_parameter_count() -> None:
     x.requires_grad = True
     out = model(x)
     assert out.shape == (2, 10) and out.dtype == np.float32
-    out.sum().backward()
+    r = np.random.default_rng(2).standard_normal((2, 10)).astype(np.float32)
+    (out * minidl.tensor(r)).sum().backward()
     assert x.grad is not None and x.grad.shape == (2, 3, 32, 32)
+    assert np.isfinite(x.grad.numpy()).all() and np.abs(x.grad.numpy()).max() > 0
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.shape == p.shape, name
+        g = p.grad.numpy()
+        assert np.isfinite(g).all() and np.abs(g).max() > 0, name  # reached, not zero
     assert isinstance(model[3], Residual) and isinstance(model[-1], Scale)
 
 
@@ -117,8 +166,13 @@ def test_resnet9_batchnorm_buffers_update_in_train_mode_only() -> None:
     # the first BN sees conv0(x): its running mean moved towards that batch's mean
     with minidl.no_grad():
         y = model[0][0](x).data
+    y = y.astype(np.float64)
     expected = 0.9 * buffers["0.1.running_mean"] + 0.1 * y.mean(axis=(0, 2, 3))
     np.testing.assert_allclose(bn.running_mean.data, expected, rtol=1e-5, atol=1e-6)
+    m = y.size // y.shape[1]  # the running variance takes the unbiased batch variance
+    unbiased = ((y - y.mean(axis=(0, 2, 3), keepdims=True)) ** 2).sum(axis=(0, 2, 3)) / (m - 1)
+    expected = 0.9 * buffers["0.1.running_var"] + 0.1 * unbiased
+    np.testing.assert_allclose(bn.running_var.data, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_resnet9_train_and_eval_outputs_differ_but_eval_is_deterministic() -> None:

@@ -92,11 +92,21 @@ def test_max_pool_nan_wins_and_padding_never_wins(backend):
 
 
 def test_pool_keeps_channels_last(backend):
+    # Both paths give the reference's numbers for channels-last input; the numba kernels
+    # also keep its layout (the generic "numpy" path returns whatever its array code makes).
     x = channels_last(np.random.default_rng(0).standard_normal((2, 4, 6, 6)))
+    gy = np.random.default_rng(1).standard_normal((2, 4, 3, 3))
     y, ind = max_pool2d_forward(x, 2)
+    ry, rind = max_pool2d_reference(np.ascontiguousarray(x), 2)
+    np.testing.assert_array_equal(y, ry)
+    np.testing.assert_array_equal(ind, rind)
+    gx = max_pool2d_backward(gy, ind, x.shape)
+    np.testing.assert_array_equal(gx, max_pool2d_backward_reference(gy, rind, x.shape))
+    a = avg_pool2d_forward(x, 2)
+    np.testing.assert_allclose(a, avg_pool2d_reference(np.ascontiguousarray(x), 2), rtol=1e-12)
     if backend == "numba":
-        assert is_channels_last(y) and is_channels_last(ind)
-        assert is_channels_last(max_pool2d_backward(np.ones(y.shape), ind, x.shape))
+        assert is_channels_last(y) and is_channels_last(ind) and is_channels_last(gx)
+        assert is_channels_last(a)
 
 
 @pytest.mark.parametrize("call, match", [

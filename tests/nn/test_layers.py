@@ -17,30 +17,69 @@ def _need(*names: str) -> None:
         pytest.skip(f"minidl.functional.{', '.join(missing)} not available yet")
 
 
+def _unbiased_var(x: np.ndarray, axes) -> np.ndarray:
+    """Per-channel unbiased variance, written out (not ``np.var``'s ``ddof``) on purpose."""
+    m = x.size // x.shape[1]
+    mean = x.mean(axis=axes, keepdims=True)
+    return ((x - mean) ** 2).sum(axis=axes) / (m - 1)
+
+
 def test_batchnorm2d_train_eval_and_buffers(rng) -> None:
     bn = nn.BatchNorm2d(3, momentum=0.5)
-    x = minidl.tensor(rng.standard_normal((4, 3, 2, 2)).astype(np.float32) * 3 + 2)
+    x64 = rng.standard_normal((4, 3, 2, 2)) * 3 + 2
+    x = minidl.tensor(x64.astype(np.float32))
     y = bn(x)
     assert y.dtype == np.float32
     np.testing.assert_allclose(y.detach().numpy().mean(axis=(0, 2, 3)), 0, atol=1e-5)
     assert int(bn.num_batches_tracked.item()) == 1
-    xm = x.numpy().mean(axis=(0, 2, 3))
-    np.testing.assert_allclose(bn.running_mean.numpy(), 0.5 * xm, rtol=1e-5)
+    xf = x.numpy().astype(np.float64)
+    # r = (1 - momentum) r + momentum * stat, from r = 0 (mean) and r = 1 (variance); the
+    # variance is the unbiased one (m = 16 values per channel: factor 16 / 15)
+    want_mean = 0.5 * xf.mean(axis=(0, 2, 3))
+    want_var = 0.5 * 1.0 + 0.5 * _unbiased_var(xf, (0, 2, 3))
+    np.testing.assert_allclose(bn.running_mean.numpy(), want_mean, rtol=1e-5)
+    np.testing.assert_allclose(bn.running_var.numpy(), want_var, rtol=1e-5)
+    biased = 0.5 + 0.5 * xf.var(axis=(0, 2, 3))
+    assert np.abs(want_var - biased).min() > 1e-3 * want_var.max()  # the two differ here
     bn.eval()
     y2 = bn(x).detach().numpy()
-    ref = (x.numpy() - bn.running_mean.numpy().reshape(1, 3, 1, 1)) / np.sqrt(
-        bn.running_var.numpy().reshape(1, 3, 1, 1) + 1e-5)
+    ref = (xf - want_mean.reshape(1, 3, 1, 1)) / np.sqrt(want_var.reshape(1, 3, 1, 1) + 1e-5)
     np.testing.assert_allclose(y2, ref, rtol=1e-5, atol=1e-5)
     assert int(bn.num_batches_tracked.item()) == 1  # eval does not count batches
 
 
+def test_batchnorm_running_stats_over_batches_by_hand(rng) -> None:
+    bn = nn.BatchNorm1d(2, momentum=0.3).double()
+    bn.weight.data[...] = [2.0, 0.5]
+    bn.bias.data[...] = [1.0, -1.0]
+    rm, rv = np.zeros(2), np.ones(2)
+    for k in range(3):
+        x = rng.standard_normal((4, 2, 3)) * (k + 1) + k
+        bn(minidl.tensor(x))
+        rm = 0.7 * rm + 0.3 * x.mean(axis=(0, 2))
+        rv = 0.7 * rv + 0.3 * _unbiased_var(x, (0, 2))
+        np.testing.assert_allclose(bn.running_mean.numpy(), rm, rtol=1e-12, err_msg=str(k))
+        np.testing.assert_allclose(bn.running_var.numpy(), rv, rtol=1e-12, err_msg=str(k))
+    assert int(bn.num_batches_tracked.item()) == 3
+    bn.eval()
+    x = rng.standard_normal((3, 2, 3))
+    want = ((x - rm[None, :, None]) / np.sqrt(rv[None, :, None] + 1e-5)
+            * np.array([2.0, 0.5])[None, :, None] + np.array([1.0, -1.0])[None, :, None])
+    np.testing.assert_allclose(bn(minidl.tensor(x)).detach().numpy(), want, rtol=1e-12,
+                               atol=1e-12)
+
+
 def test_batchnorm_cumulative_average_and_no_tracking(rng) -> None:
     bn = nn.BatchNorm1d(2, momentum=None)
-    xs = [rng.standard_normal((5, 2)).astype(np.float32) for _ in range(3)]
+    xs = [rng.standard_normal((5, 2)).astype(np.float32) * (k + 1) for k in range(3)]
     for x in xs:
         bn(minidl.tensor(x))
-    np.testing.assert_allclose(bn.running_mean.numpy(), np.mean([x.mean(0) for x in xs], 0),
+    x64 = [x.astype(np.float64) for x in xs]
+    np.testing.assert_allclose(bn.running_mean.numpy(), np.mean([x.mean(0) for x in x64], 0),
                                rtol=1e-5, atol=1e-6)
+    # momentum 1/k at batch k: the first batch replaces the initial 1, then a plain average
+    np.testing.assert_allclose(bn.running_var.numpy(),
+                               np.mean([_unbiased_var(x, 0) for x in x64], 0), rtol=1e-5)
     free = nn.BatchNorm1d(2, track_running_stats=False, affine=False).eval()
     assert list(free.state_dict()) == []
     np.testing.assert_allclose(free(minidl.tensor(xs[0])).numpy().mean(0), 0, atol=1e-6)
@@ -65,10 +104,21 @@ def test_layernorm_module(rng) -> None:
         ln(minidl.zeros(2, 3, 2))
 
 
-def test_dropout_module_train_vs_eval() -> None:
-    d = nn.Dropout(0.5)
-    x = minidl.ones(50, 50)
-    assert (d(x).numpy() == 0).any()
+@pytest.mark.parametrize("p", [0.2, 0.7])  # not 0.5, where 1/p equals 1/(1-p)
+def test_dropout_module_drops_a_fraction_p_and_scales_by_1_over_1_minus_p(p) -> None:
+    d = nn.Dropout(p)
+    x = minidl.ones(200, 250, requires_grad=True)  # n = 50,000 draws
+    y = d(x)
+    out = y.detach().numpy()
+    dropped = out == 0
+    # the dropped fraction is Binomial(n, p) / n: within 5 standard deviations of p
+    sd = np.sqrt(p * (1 - p) / out.size)
+    assert abs(dropped.mean() - p) < 5 * sd, dropped.mean()
+    np.testing.assert_allclose(out[~dropped], 1.0 / (1.0 - p), rtol=1e-6)  # survivors
+    assert abs(out.mean() - 1.0) < 5 * sd / (1 - p)  # the expectation is unchanged
+    assert y.dtype == np.float32
+    y.backward(minidl.ones(200, 250))
+    np.testing.assert_array_equal(x.grad.numpy(), out)  # same mask, same scale
     d.eval()
     assert d(x) is x
 

@@ -128,7 +128,9 @@ def test_to_keeps_parameter_objects_and_casts() -> None:
 def test_zero_grad_and_requires_grad() -> None:
     m = nn.Linear(3, 2)
     m(minidl.ones(2, 3)).sum().backward()
-    assert m.weight.grad is not None
+    # d/dW of sum(x W^T + b) over 2 rows of ones: every entry 2, and 2 for each bias
+    np.testing.assert_array_equal(m.weight.grad.numpy(), np.full((2, 3), 2.0, np.float32))
+    np.testing.assert_array_equal(m.bias.grad.numpy(), [2.0, 2.0])
     m.zero_grad()
     assert m.weight.grad is None
     m.requires_grad_(False)

@@ -54,7 +54,7 @@ def _sgd_ref(p, grads, lr, momentum=0.0, dampening=0.0, wd=0.0, nesterov=False):
 
 
 def _adam_ref(p, grads, lr, b1=0.9, b2=0.999, eps=1e-8, wd=0.0, decoupled=False,
-              amsgrad=False):
+              amsgrad=False, return_state=False):
     p = np.array(p, np.float64)
     m = np.zeros_like(p)
     v = np.zeros_like(p)
@@ -71,7 +71,7 @@ def _adam_ref(p, grads, lr, b1=0.9, b2=0.999, eps=1e-8, wd=0.0, decoupled=False,
         vv = vmax if amsgrad else v
         mhat, vhat = m / (1 - b1 ** t), vv / (1 - b2 ** t)
         p = p - lr * mhat / (np.sqrt(vhat) + eps)
-    return p
+    return (p, dict(exp_avg=m, exp_avg_sq=v, max_exp_avg_sq=vmax)) if return_state else p
 
 
 GRADS = [[0.5, -1.0, 2.0], [0.1, 0.3, -2.5], [-0.7, 0.2, 1.0]]
@@ -98,6 +98,66 @@ def test_sgd_three_steps(kw) -> None:
 def test_adam_three_steps(cls, kw, ref_kw) -> None:
     ref = _adam_ref(P0, GRADS, kw["lr"], **ref_kw)
     np.testing.assert_allclose(_run(cls, GRADS, P0, **kw), ref, rtol=1e-5, atol=1e-7)
+
+
+# Large gradients, then small ones, then a large one: the second moment v falls at most
+# steps, so AMSGrad's running maximum differs from v. (With GRADS above v grows at every
+# step, the maximum equals v and AMSGrad cannot be told from Adam.)
+GRADS_FALLING = [[3.0, -2.0, 1.0, 0.5], [0.1, 0.2, -0.1, 2.0], [-0.05, 0.1, 0.02, 0.1],
+                 [0.02, -0.01, 0.05, -0.05], [1.0, 0.05, -0.02, 0.01], [0.01, -0.02, 0.5, 0.02]]
+P0_FALLING = [1.0, -2.0, 0.5, 0.0]
+
+
+def _steps64(opt, p, grads) -> None:
+    for g in grads:
+        p.grad = minidl.tensor(np.asarray(g, np.float64))
+        opt.step()
+
+
+@pytest.mark.parametrize("cls,kw,ref_kw", [
+    (Adam, dict(lr=0.01, amsgrad=True), {}),
+    (Adam, dict(lr=0.01, betas=(0.9, 0.9), weight_decay=0.05, amsgrad=True),
+     dict(b2=0.9, wd=0.05)),
+    (AdamW, dict(lr=0.02, betas=(0.8, 0.95), weight_decay=0.1, amsgrad=True),
+     dict(b1=0.8, b2=0.95, wd=0.1, decoupled=True)),
+])
+def test_amsgrad_uses_the_running_maximum(cls, kw, ref_kw) -> None:
+    # float64, so that even b2 = 0.999's small AMSGrad effect is far above the tolerance
+    want, st = _adam_ref(P0_FALLING, GRADS_FALLING, kw["lr"], amsgrad=True, return_state=True,
+                         **ref_kw)
+    adam = _adam_ref(P0_FALLING, GRADS_FALLING, kw["lr"], **ref_kw)
+    assert (st["max_exp_avg_sq"] > st["exp_avg_sq"] * (1 + 1e-6)).any()  # the max matters
+    assert np.abs(want - adam).max() > 1e-6 * np.abs(want).max()  # 1e6 x the tolerance
+    p = nn.Parameter(np.asarray(P0_FALLING, np.float64))
+    opt = cls([p], **kw)
+    _steps64(opt, p, GRADS_FALLING)
+    np.testing.assert_allclose(p.detach().numpy(), want, rtol=1e-12, atol=1e-14)
+    for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        np.testing.assert_allclose(opt.state["0"][k], st[k], rtol=1e-12, atol=1e-16, err_msg=k)
+
+
+@pytest.mark.parametrize("cls,kw,ref_kw", [
+    (Adam, dict(lr=0.01, betas=(0.9, 0.9), amsgrad=True), dict(b2=0.9)),
+    (AdamW, dict(lr=0.02, weight_decay=0.1, amsgrad=True), dict(wd=0.1, decoupled=True)),
+])
+def test_amsgrad_resume_matches_an_independent_run(cls, kw, ref_kw) -> None:
+    """Three steps, state_dict, a fresh parameter and optimizer, three more steps: equal to
+    the NumPy reference run straight through (not to minidl's own uninterrupted run, which
+    a shared bug would match)."""
+    p = nn.Parameter(np.asarray(P0_FALLING, np.float64))
+    opt = cls([("w", p)], **kw)
+    _steps64(opt, p, GRADS_FALLING[:3])
+    sd = opt.state_dict()
+    q = nn.Parameter(p.detach().numpy().copy())
+    opt2 = cls([("w", q)], **kw)
+    opt2.load_state_dict(sd)
+    _steps64(opt2, q, GRADS_FALLING[3:])
+    want, st = _adam_ref(P0_FALLING, GRADS_FALLING, kw["lr"], amsgrad=True, return_state=True,
+                         **ref_kw)
+    np.testing.assert_allclose(q.detach().numpy(), want, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(opt2.state["w"]["max_exp_avg_sq"], st["max_exp_avg_sq"],
+                               rtol=1e-12, atol=1e-16)
+    assert opt2.state["w"]["step"] == len(GRADS_FALLING)
 
 
 def test_param_groups_distinct_lr() -> None:
