@@ -11,11 +11,12 @@ values PyTorch returns as int64) so backward scatters without recomputing the fo
 go to the first maximum in row-major window order, and a NaN wins over any number (the last
 NaN in the window), exactly like PyTorch's CPU kernel. Padding is -inf for max and 0 for avg.
 
-Layout: outputs and ``indices`` keep the input's memory layout (channels-last in, so
-channels-last out; see ``minidl.kernels.conv``), and ``gx`` keeps the layout of ``indices``
-(max) or the one asked for (avg). The numba kernels have two loop orders, channels innermost
-for channels-last memory and width innermost for C-order memory; CuPy arrays and the
-``"numpy"`` backend use generic loop-over-taps array code.
+Layout: with the numba kernels, outputs and ``indices`` keep the input's memory layout
+(channels-last in, so channels-last out; see ``minidl.kernels.conv``), and ``gx`` keeps the
+layout of ``indices`` (max) or the one asked for (avg); they have two loop orders, channels
+innermost for channels-last memory and width innermost for C-order memory. CuPy arrays and
+the ``"numpy"`` backend use generic loop-over-taps array code, whose outputs are C-order
+NCHW whatever the input's layout (the values are the same).
 """
 
 from __future__ import annotations
@@ -490,7 +491,8 @@ def avg_pool2d_forward(x: Any, kernel_size: int | tuple[int, int],
         divisor_override: divide by this instead.
 
     Returns:
-        y (N, C, OH, OW), with x's memory layout. Backward needs only x's shape.
+        y (N, C, OH, OW), with x's memory layout on the numba path (C-order on the
+        generic one). Backward needs only x's shape.
 
     >>> x = np.arange(4.0).reshape(1, 1, 2, 2)
     >>> avg_pool2d_forward(x, 2).item()
