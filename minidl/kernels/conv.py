@@ -16,11 +16,13 @@ C-contiguous NCHW buffer is required. Inputs may have any layout.
 
 from __future__ import annotations
 
+import os
 from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit, prange
 
+from minidl.kernels import winograd
 from minidl.kernels._common import (
     array_module,
     check_4d,
@@ -32,6 +34,17 @@ from minidl.kernels._common import (
 from minidl.kernels.im2col import Pad4, _geometry, col2im_into, im2col_into
 
 OP = "conv2d"
+
+# Which algorithm computes eligible convolutions (see ``set_conv_algorithm``).
+_ALGORITHMS = ("auto", "im2col", "winograd")
+_algorithm = os.environ.get("MINIDL_CONV_ALGORITHM", "auto").strip().lower() or "auto"
+if _algorithm not in _ALGORITHMS:
+    raise ValueError(f"MINIDL_CONV_ALGORITHM: expected one of {_ALGORITHMS}, got {_algorithm!r}")
+
+# "auto" takes Winograd from this many input and output channels: below it the transforms,
+# which are memory bound, cost more than the multiplications they save (the first layer of
+# an image net, 3 -> 32 channels, stays on im2col).
+WINOGRAD_MIN_CHANNELS = 16
 
 
 class ConvGeometry(NamedTuple):
@@ -138,6 +151,53 @@ def crop_outputs(g: ConvGeometry, out_size: tuple[int, int] | None) -> ConvGeome
         raise ValueError(f"{OP}: out_size {tuple(out_size)} must be between (1, 1) and the "
                          f"full output size ({g.oh}, {g.ow})")
     return g._replace(oh=oh, ow=ow)
+
+
+def set_conv_algorithm(name: str) -> str:
+    """Choose how 3x3 stride-1 convolutions run on the CPU; return the previous choice.
+
+    ``"auto"`` (default): Winograd F(4x4, 3x3) (``minidl.kernels.winograd``) when the
+    kernel is 3x3, stride 1, dilation 1, one group, padding at most 2 on each side, input
+    and output channels at least ``WINOGRAD_MIN_CHANNELS``, on NumPy arrays with the numba
+    backend; im2col + GEMM otherwise. ``"im2col"``: never Winograd. ``"winograd"``: Winograd
+    for every eligible convolution whatever its channel count (tests use it). The
+    environment variable ``MINIDL_CONV_ALGORITHM`` sets the initial value.
+
+    >>> old = set_conv_algorithm("im2col"); _ = set_conv_algorithm(old); old in _ALGORITHMS
+    True
+    """
+    global _algorithm
+    name = str(name).strip().lower()
+    if name not in _ALGORITHMS:
+        raise ValueError(f"set_conv_algorithm: expected one of {_ALGORITHMS}, got {name!r}")
+    old, _algorithm = _algorithm, name
+    return old
+
+
+def get_conv_algorithm() -> str:
+    """The current choice of ``set_conv_algorithm``.
+
+    >>> get_conv_algorithm() in ("auto", "im2col", "winograd")
+    True
+    """
+    return _algorithm
+
+
+def winograd_applies(g: ConvGeometry, x: Any) -> bool:
+    """Whether a convolution of geometry ``g`` on array ``x`` runs as Winograd F(4x4, 3x3)
+    under the current ``set_conv_algorithm`` choice.
+
+    >>> g = conv2d_geometry((8, 64, 16, 16), (64, 64, 3, 3), padding=1)
+    >>> old = set_conv_algorithm("auto")
+    >>> winograd_applies(g, np.zeros(1, np.float32)), winograd_applies(g._replace(sh=2), None)
+    (True, False)
+    >>> _ = set_conv_algorithm(old)
+    """
+    if _algorithm == "im2col" or not use_numba(x):
+        return False
+    if (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.groups) != (3, 3, 1, 1, 1, 1, 1) or max(g.pad) > 2:
+        return False
+    return _algorithm == "winograd" or min(g.c, g.oc) >= WINOGRAD_MIN_CHANNELS
 
 
 # --------------------------------------------------------------------------- numba helpers
@@ -326,6 +386,24 @@ def _grad_input_rows(rows: Any, w: Any, g: ConvGeometry, channels_last: bool) ->
     return gx
 
 
+def _grad_weight(x: Any, rows: Any, g: ConvGeometry, w_shape: tuple[int, ...], cols: Any
+                 ) -> Any:
+    """gw from gy's (N*OH*OW, OC) rows: Winograd's adjoint or ``rows^T @ im2col(x)``."""
+    if winograd_applies(g, x):
+        return winograd.conv3x3_grad_weight(x, rows.reshape(g.n, g.oh, g.ow, g.oc), g.pad)
+    return _grad_weight_rows(x, rows, g, w_shape, cols)
+
+
+def _grad_input(rows: Any, w: Any, g: ConvGeometry, channels_last: bool) -> Any:
+    """gx from gy's rows: Winograd's adjoint (a flipped-filter Winograd conv) or GEMM +
+    col2im; channels-last memory if ``channels_last``, else C order."""
+    if winograd_applies(g, rows):
+        gx = winograd.conv3x3_grad_input(rows.reshape(g.n, g.oh, g.ow, g.oc), w,
+                                         (g.h, g.w), g.pad)
+        return gx if channels_last else np.ascontiguousarray(gx)
+    return _grad_input_rows(rows, w, g, channels_last)
+
+
 # ------------------------------------------------------------------------------ public API
 
 
@@ -348,7 +426,9 @@ def conv2d_forward(x: Any, w: Any, b: Any = None, stride: int | tuple[int, int] 
         relu: apply ReLU to the result in the same pass as the bias add. Backward then needs
             ``relu_output=y`` to mask the incoming gradient.
         return_cols: also return the im2col matrix so backward need not rebuild it
-            (costs (N*OH*OW, K) memory per layer until backward; off by default).
+            (costs (N*OH*OW, K) memory per layer until backward; off by default). None in
+            its place when the convolution ran as Winograd (see ``winograd_applies``),
+            which has no im2col matrix.
         out_size: compute only the top-left (OH', OW') outputs (see ``crop_outputs``);
             OH, OW below then mean OH', OW'.
 
@@ -369,6 +449,9 @@ def conv2d_forward(x: Any, w: Any, b: Any = None, stride: int | tuple[int, int] 
     _check_dtypes(("input", x), ("weight", w), ("bias", b))
     if b is not None and tuple(b.shape) != (g.oc,):
         raise ValueError(f"{OP}: bias must have shape ({g.oc},), got {tuple(b.shape)}")
+    if winograd_applies(g, x):
+        y = winograd.conv3x3_forward(x, w, b, g.pad, (g.oh, g.ow), relu)
+        return (y, None) if return_cols else y
     xp = array_module(x)
     cols = _cols_buffer(xp, g, x.dtype, owned=return_cols)
     im2col_into(x, cols, g.kh, g.kw, g.sh, g.sw, g.pad, g.dh, g.dw, g.oh, g.ow, g.groups)
@@ -413,7 +496,7 @@ def conv2d_grad_input(gy: Any, w: Any, x_shape: tuple[int, int, int, int],
     check_4d(OP, "weight", w, "(OC, C/groups, KH, KW)")
     g = conv2d_geometry(x_shape, w.shape, stride, padding, dilation, groups)
     _check_dtypes(("grad_output", gy), ("weight", w))
-    return _grad_input_rows(_gy_rows(gy, g, relu_output), w, g, channels_last)
+    return _grad_input(_gy_rows(gy, g, relu_output), w, g, channels_last)
 
 
 def conv2d_grad_weight(x: Any, gy: Any, w_shape: tuple[int, int, int, int],
@@ -442,7 +525,7 @@ def conv2d_grad_weight(x: Any, gy: Any, w_shape: tuple[int, int, int, int],
     check_4d(OP, "input", x, "(N, C, H, W)")
     g = conv2d_geometry(x.shape, w_shape, stride, padding, dilation, groups)
     _check_dtypes(("input", x), ("grad_output", gy))
-    return _grad_weight_rows(x, _gy_rows(gy, g, relu_output), g, tuple(w_shape), cols)
+    return _grad_weight(x, _gy_rows(gy, g, relu_output), g, tuple(w_shape), cols)
 
 
 def conv2d_backward(x: Any, w: Any, gy: Any, stride: Any = 1, padding: Any = 0,
@@ -484,9 +567,8 @@ def conv2d_backward(x: Any, w: Any, gy: Any, stride: Any = 1, padding: Any = 0,
     _check_dtypes(("input", x), ("weight", w), ("grad_output", gy))
     rows = _gy_rows(gy, g, relu_output)
     gb = _grad_bias(rows) if need_bias_grad else None
-    gw = _grad_weight_rows(x, rows, g, tuple(w.shape), cols) if need_weight_grad else None
-    gx = (_grad_input_rows(rows, w, g, is_channels_last(x) and g.c > 1)
-          if need_input_grad else None)
+    gw = _grad_weight(x, rows, g, tuple(w.shape), cols) if need_weight_grad else None
+    gx = _grad_input(rows, w, g, is_channels_last(x) and g.c > 1) if need_input_grad else None
     return gx, gw, gb
 
 
