@@ -186,6 +186,32 @@ def test_resume_with_array_data(tmp_path) -> None:
     assert strip_time(resumed.history.epochs) == strip_time(full.history.epochs)
 
 
+def test_resume_with_alternating_flip_is_exact(tmp_path) -> None:
+    """AlternatingFlip's flips derive from the loader's (seed, epoch) and the image's index:
+    resuming after an odd number of epochs continues with the complementary flips."""
+    def run(seed: int, epochs: int, ckpt=None):
+        minidl.manual_seed(seed)
+        x, y = blobs(48, seed=4)
+        model = tiny_net()
+        trainer = Trainer(model, optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                          progress=False)
+        if ckpt is not None:
+            trainer.load_checkpoint(ckpt)
+        aug = T.Compose([T.RandomCrop(8, padding=2, padding_mode="reflect"),
+                         T.AlternatingFlip(), T.ToFloat()])
+        trainer.fit(DataLoader((x, y), batch_size=16, shuffle=True, seed=None, transform=aug),
+                    epochs=epochs)
+        return trainer
+
+    full = run(0, 4)
+    part = run(0, 1)
+    part.save_checkpoint(tmp_path / "ckpt.npz")
+    resumed = run(31, 4, tmp_path / "ckpt.npz")  # another seed: the loader's comes from ckpt
+    for k, v in params(full.model).items():
+        np.testing.assert_array_equal(params(resumed.model)[k], v, err_msg=k)
+    assert strip_time(resumed.history.epochs) == strip_time(full.history.epochs)
+
+
 def test_checkpoint_without_scheduler_state_is_refused(tmp_path) -> None:
     x, y = blobs(16)
     model = tiny_net()

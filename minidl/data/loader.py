@@ -22,6 +22,7 @@ import numpy as np
 
 from minidl.autograd import Tensor
 from minidl.backend import Device, get_array_module, to_device
+from minidl.data.transforms import BatchInfo, _call
 from minidl.random import default_generator
 
 Transform = Callable[[Any, np.random.Generator], Any]
@@ -181,7 +182,10 @@ class DataLoader:
 
     Each batch is read with ``dataset.get_batch(indices)`` (one fancy index for array and
     memmap datasets: the dataset is never copied), moved to ``device``, then the transform
-    is applied there to the first field.
+    is applied there to the first field. A transform that declares ``uses_batch_info``
+    (``transforms.AlternatingFlip``, or a ``Compose`` holding one) is called
+    ``transform(x, rng, info=BatchInfo(indices, epoch, seed))`` with the batch's dataset
+    indices, so that it can treat each image by its index.
 
     Args:
         dataset: a ``Dataset``, an array, or a tuple of arrays ``(images, labels)``.
@@ -296,7 +300,8 @@ class DataLoader:
             fields = [to_device(f, self.device) for f in fields]
             if self.transform is not None:
                 rng = np.random.default_rng([self.seed, epoch, b])
-                fields[0] = self.transform(fields[0], rng)
+                info = BatchInfo(idx, epoch, self.seed)
+                fields[0] = _call(self.transform, fields[0], rng, info)
             if self.as_tensor:
                 fields = [Tensor(f, requires_grad=False) for f in fields]
             yield tuple(fields)

@@ -2,17 +2,22 @@
 
 Every transform is a callable ``t(x, rng) -> x`` where ``x`` is a NumPy or CuPy array of
 shape ``(N, C, H, W)`` and ``rng`` is a ``np.random.Generator`` supplied by the
-``DataLoader``. Random choices (crop offsets, which images flip, where the cutout goes) are
-drawn on the CPU from ``rng``, one vector per batch, and then applied with the array's own
-module ``xp``; so a CPU run and a GPU run with the same seed augment identically, and no
-Python loop runs over the images. Outputs keep the input dtype (float32 stays float32:
-constants are cast to the array's dtype before they meet it, since NumPy 2 would promote
-float32 combined with a float64 array to float64).
+``DataLoader``. A transform that must know *which* images it holds (``AlternatingFlip``
+flips by dataset index and epoch) sets ``uses_batch_info = True`` and is then called
+``t(x, rng, info=BatchInfo(indices, epoch, seed))``; ``Compose`` forwards ``info`` to the
+transforms that ask for it and calls the others as before. Random choices (crop offsets,
+which images flip, where the cutout goes) are drawn on the CPU from ``rng``, one vector per
+batch, and then applied with the array's own module ``xp``; so a CPU run and a GPU run
+with the same seed augment identically, and no Python loop runs over the images. Outputs
+keep the input dtype (float32 stays float32: constants are cast to the array's dtype before
+they meet it, since NumPy 2 would promote float32 combined with a float64 array to
+float64).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,8 +57,52 @@ def _pair(name: str, arg: str, value: int | Sequence[int], minimum: int) -> tupl
     return pair
 
 
+def _flip_images(x: Any, chosen: np.ndarray) -> Any:
+    """A copy of ``x`` with the images at positions ``chosen`` (a NumPy int array)
+    mirrored left-right."""
+    out = x.copy()
+    if chosen.size:
+        xp = get_array_module(x)
+        idx = xp.asarray(chosen)
+        out[idx] = x[idx][..., ::-1]
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class BatchInfo:
+    """Where a batch comes from: what the ``DataLoader`` tells transforms that ask.
+
+    A transform declares ``uses_batch_info = True`` to be called
+    ``t(x, rng, info=BatchInfo(...))``; the others never see it.
+
+    Attributes:
+        indices: ``(N,)`` integer array, the dataset index of each image of the batch, in
+            batch order.
+        epoch: the loader's epoch (0-based) the batch belongs to.
+        seed: the loader's seed; a transform derives per-run random choices from it, so
+            that restoring the loader's ``state_dict`` restores them too.
+
+    >>> info = BatchInfo(np.array([4, 0]), epoch=1, seed=0)
+    >>> info.indices.tolist(), info.epoch
+    ([4, 0], 1)
+    """
+
+    indices: np.ndarray
+    epoch: int
+    seed: int
+
+
+def _call(t: Callable, x: Any, rng: np.random.Generator, info: BatchInfo | None) -> Any:
+    """Apply ``t``, handing it ``info`` only if it declares ``uses_batch_info``."""
+    if getattr(t, "uses_batch_info", False):
+        return t(x, rng, info=info)
+    return t(x, rng)
+
+
 class Compose:
     """Apply transforms one after another, passing each the same ``rng``.
+
+    Transforms that declare ``uses_batch_info`` also get the ``info`` given here.
 
     Args:
         transforms: callables ``t(x, rng) -> x``.
@@ -70,10 +119,16 @@ class Compose:
                 raise TypeError(f"Compose: transform {k} is not callable: {t!r}")
         self.transforms = transforms
 
-    def __call__(self, x: Any, rng: np.random.Generator | None = None) -> Any:
+    @property
+    def uses_batch_info(self) -> bool:
+        """True when one of the transforms uses the batch's ``BatchInfo``."""
+        return any(getattr(t, "uses_batch_info", False) for t in self.transforms)
+
+    def __call__(self, x: Any, rng: np.random.Generator | None = None, *,
+                 info: BatchInfo | None = None) -> Any:
         rng = _rng(rng)
         for t in self.transforms:
-            x = t(x, rng)
+            x = _call(t, x, rng, info)
         return x
 
     def __repr__(self) -> str:
@@ -152,6 +207,12 @@ class Normalize:
 
 class RandomCrop:
     """Pad each image, then cut a random ``size`` window from it (a random translation).
+
+    With ``size`` equal to the image size this translates each image by ``-padding`` to
+    ``+padding`` pixels along each axis, each of the ``(2 * padding + 1)**2`` offsets
+    equally likely and drawn independently per image; ``padding_mode="reflect"`` fills the
+    uncovered border with mirrored pixels instead of zeros. airbench's ``translate=2`` is
+    ``RandomCrop(32, padding=2, padding_mode="reflect")``.
 
     Args:
         size: output ``(H', W')`` or one int for a square.
@@ -245,16 +306,116 @@ class RandomHorizontalFlip:
 
     def __call__(self, x: Any, rng: np.random.Generator | None = None) -> Any:
         n, _, _, _ = _check_batch("RandomHorizontalFlip", x)
-        chosen = np.flatnonzero(_rng(rng).random(n) < self.p)
-        out = x.copy()
-        if chosen.size:
-            xp = get_array_module(x)
-            idx = xp.asarray(chosen)
-            out[idx] = x[idx][..., ::-1]
-        return out
+        return _flip_images(x, np.flatnonzero(_rng(rng).random(n) < self.p))
 
     def __repr__(self) -> str:
         return f"RandomHorizontalFlip(p={self.p})"
+
+
+def _check_index(name: str, arg: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name}: {arg} must be an int >= 0, got {value!r}")
+    return int(value)
+
+
+# Names the stream of AlternatingFlip's epoch-0 mask. A SeedSequence with a spawn key never
+# equals the loader's own streams, default_rng([seed, epoch]) and default_rng([seed, epoch,
+# batch]) (plain entropy lists, of which [s, e] and [s, e, 0] would collide with each other).
+_ALTERNATING_FLIP_KEY = 0xF11B
+
+
+class AlternatingFlip:
+    """Mirror each image in every other epoch, so that every image is seen both ways in
+    any two consecutive epochs (airbench's alternating flip).
+
+    In epoch 0 each dataset index is flipped with probability 1/2 (about half of them),
+    from a mask drawn once from the loader's seed; in every later epoch exactly the indices
+    not flipped in the epoch before are flipped: index ``i`` is flipped in epoch ``e`` iff
+    ``mask[i] != (e % 2 == 1)``. Random flipping shows a quarter of the images unflipped
+    two epochs running (and a quarter flipped twice); this shows none.
+
+    The flips depend only on ``(seed, epoch, index)``: not on the batch order, the batch
+    size or earlier epochs. A ``DataLoader`` restored with ``load_state_dict`` (or moved
+    with ``set_epoch``) therefore replays them exactly, and a checkpoint needs nothing
+    beyond the loader's ``{"seed", "epoch"}``.
+
+    It declares ``uses_batch_info``, so the ``DataLoader`` (also through ``Compose``) calls
+    it with ``info=BatchInfo(indices, epoch, seed)``; called by hand, pass ``info``. The
+    mask of the indices seen so far is cached (one bool per index).
+
+    Shapes: ``(N, C, H, W) -> (N, C, H, W)``, same dtype; ``info.indices`` is ``(N,)``.
+
+    >>> t = AlternatingFlip()
+    >>> idx = np.arange(6)
+    >>> t.flipped(idx, epoch=0, seed=0).tolist()
+    [False, True, True, True, True, False]
+    >>> t.flipped(idx, epoch=1, seed=0).tolist()  # the complement
+    [True, False, False, False, False, True]
+    >>> x = np.arange(4, dtype=np.uint8).reshape(2, 1, 1, 2)
+    >>> t(x, info=BatchInfo(np.array([1, 0]), epoch=0, seed=0)).reshape(2, 2).tolist()
+    [[1, 0], [2, 3]]
+    """
+
+    uses_batch_info = True
+
+    def __init__(self) -> None:
+        self._cache: tuple[int | None, np.ndarray] = (None, np.zeros(0, dtype=bool))
+
+    def _mask(self, seed: int, size: int) -> np.ndarray:
+        """Epoch 0's flips of indices ``0 .. size - 1`` (at least), for ``seed``."""
+        cached_seed, mask = self._cache
+        if cached_seed != seed or mask.size < size:
+            grown = 2 * mask.size if cached_seed == seed else 0
+            ss = np.random.SeedSequence(seed, spawn_key=(_ALTERNATING_FLIP_KEY,))
+            # Generator.random draws its output one value at a time, so the first k entries
+            # do not depend on the length asked for: growing the mask changes no index's flip.
+            mask = np.random.default_rng(ss).random(max(size, grown, 1024)) < 0.5
+            self._cache = (seed, mask)  # one assignment: safe with a prefetch thread
+        return mask
+
+    def flipped(self, indices: Sequence[int] | np.ndarray, epoch: int, seed: int) -> np.ndarray:
+        """Which of ``indices`` are mirrored in ``epoch`` of a loader seeded ``seed``.
+
+        Args:
+            indices: ``(N,)`` dataset indices (ints >= 0).
+            epoch: 0-based epoch.
+            seed: the loader's seed.
+
+        Returns:
+            ``(N,)`` bool array.
+        """
+        idx = np.asarray(indices)
+        if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+            raise ValueError(
+                f"AlternatingFlip: indices must be a 1-D array of ints, got shape "
+                f"{idx.shape} and dtype {idx.dtype}"
+            )
+        epoch = _check_index("AlternatingFlip", "epoch", epoch)
+        seed = _check_index("AlternatingFlip", "seed", seed)
+        if idx.size == 0:
+            return np.zeros(0, dtype=bool)
+        if idx.min() < 0:
+            raise ValueError(f"AlternatingFlip: indices must be >= 0, got {int(idx.min())}")
+        return self._mask(seed, int(idx.max()) + 1)[idx] ^ (epoch % 2 == 1)
+
+    def __call__(self, x: Any, rng: np.random.Generator | None = None, *,
+                 info: BatchInfo | None = None) -> Any:
+        n, _, _, _ = _check_batch("AlternatingFlip", x)
+        if info is None:
+            raise TypeError(
+                "AlternatingFlip: needs info=BatchInfo(indices, epoch, seed), the dataset "
+                "index of each image and the epoch; a DataLoader passes it (also through "
+                "Compose) when it is the loader's transform"
+            )
+        if np.shape(info.indices) != (n,):
+            raise ValueError(
+                f"AlternatingFlip: info.indices has shape {np.shape(info.indices)} but the "
+                f"batch has {n} images (input shape {tuple(x.shape)})"
+            )
+        return _flip_images(x, np.flatnonzero(self.flipped(info.indices, info.epoch, info.seed)))
+
+    def __repr__(self) -> str:
+        return "AlternatingFlip()"
 
 
 class Cutout:

@@ -39,6 +39,7 @@ from minidl.optim.lr_scheduler import LRScheduler
 from minidl.serialization import load, save
 from minidl.train.callbacks import Callback, LRSchedulerStep
 from minidl.train.history import History
+from minidl.train.tta import _check_level, tta_logits
 
 Batches = Iterable[Any] | tuple[Any, Any]
 """What ``fit``/``evaluate`` take: a re-iterable of ``(x, y)`` batches (a ``DataLoader``) or
@@ -415,7 +416,8 @@ class Trainer:
             logs["lr"] = float(groups[0]["lr"])
         return logs
 
-    def evaluate(self, loader: Batches, desc: str = "evaluate", batch_size: int = 256) -> dict:
+    def evaluate(self, loader: Batches, desc: str = "evaluate", batch_size: int = 256,
+                 tta: int = 0) -> dict:
         """Mean loss and accuracy over ``loader`` in eval mode, under ``no_grad``.
 
         Args:
@@ -423,10 +425,14 @@ class Trainer:
                 arrays (batched with ``batch_size``).
             desc: the progress bar's label.
             batch_size: batch size when ``loader`` is a pair of arrays.
+            tta: test-time augmentation level (``minidl.train.tta``): 0 plain, 1 averages
+                with the mirrored images, 2 also with two one-pixel shifts. The loss is
+                that of the averaged logits.
 
         Returns:
             ``{"loss": float, "accuracy": float}``.
         """
+        tta = _check_level("Trainer.evaluate", tta)
         if _is_array_pair(loader):
             loader = _array_loader(loader, self.model, batch_size, False, 0)
         was_training = getattr(self.model, "training", False)
@@ -437,7 +443,7 @@ class Trainer:
         try:
             with no_grad(), self.autocast:
                 for x, y in loader:
-                    logits = self.model(x)
+                    logits = tta_logits(self.model, x, tta)
                     n = x.shape[0]
                     loss_sum += float(self.loss_fn(logits, y).item()) * n
                     correct += int(_accuracy_count(logits, y))
@@ -450,13 +456,15 @@ class Trainer:
             raise ValueError(f"evaluate: the loader produced no batches (loader: {loader!r})")
         return {"loss": loss_sum / seen, "accuracy": correct / seen}
 
-    def predict(self, loader: Any, batch_size: int = 256) -> np.ndarray:
+    def predict(self, loader: Any, batch_size: int = 256, tta: int = 0) -> np.ndarray:
         """Logits for every batch of ``loader`` (eval mode, ``no_grad``), as one NumPy array.
 
         The loader may yield ``(x, y)`` pairs or bare ``x`` batches; an array (or Tensor)
-        of inputs is batched here with ``batch_size``.
+        of inputs is batched here with ``batch_size``. ``tta`` is the test-time
+        augmentation level, as in ``evaluate``.
         """
-        return predict(self.model, loader, batch_size=batch_size)
+        tta = _check_level("Trainer.predict", tta)
+        return _infer("predict", self.model, loader, batch_size, tta)
 
 
 def predict(model: Any, loader: Any, batch_size: int = 256) -> np.ndarray:
@@ -478,6 +486,45 @@ def predict(model: Any, loader: Any, batch_size: int = 256) -> np.ndarray:
     >>> predict(nn.Linear(2, 3), np.zeros((5, 2), np.float32), batch_size=2).shape
     (5, 3)
     """
+    return _infer("predict", model, loader, batch_size, 0)
+
+
+def tta_predict(model: Module, x: Any, level: int = 2, batch_size: int = 256) -> np.ndarray:
+    """Batched inference with test-time augmentation: logits averaged over mirrored (and,
+    at level 2, shifted) copies of the images, as one NumPy array.
+
+    ``level`` 0 is ``predict``; 1 averages ``model(x)`` and ``model(flip(x))``; 2 averages
+    that (weight 1/2) with the same on two copies reflect-padded by one pixel and cropped at
+    offsets (0, 0) and (2, 2) (weight 1/4 each): see ``minidl.train.tta``. The model runs
+    in eval mode under ``no_grad``, one forward pass per view and batch (``batch_size``
+    images at a time, six passes at level 2); its training flag is restored afterwards.
+
+    Args:
+        model: the network, mapping ``(N, C, H, W)`` images to ``(N, classes)`` logits.
+        x: preprocessed images ``(N, C, H, W)`` as an array or Tensor (batched with
+            ``batch_size``), or a re-iterable of ``x`` or ``(x, ...)`` batches (a
+            ``DataLoader``).
+        level: 0, 1 or 2.
+        batch_size: batch size when ``x`` is an array.
+
+    Returns:
+        ``(N, classes)`` logits.
+
+    >>> import numpy as np
+    >>> from minidl import nn
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+    >>> x = np.random.default_rng(0).normal(size=(5, 1, 3, 4)).astype(np.float32)
+    >>> tta_predict(model, x, level=2, batch_size=2).shape
+    (5, 2)
+    >>> np.allclose(tta_predict(model, x, level=0), predict(model, x))
+    True
+    """
+    level = _check_level("tta_predict", level)
+    return _infer("tta_predict", model, x, batch_size, level)
+
+
+def _infer(op: str, model: Any, loader: Any, batch_size: int, level: int) -> np.ndarray:
+    """The loop of ``predict`` and ``tta_predict``: eval mode, ``no_grad``, NumPy logits."""
     if hasattr(loader, "shape") and hasattr(loader, "dtype"):
         loader = _array_loader((loader,), model, batch_size, False, 0)
     was_training = getattr(model, "training", False)
@@ -487,9 +534,9 @@ def predict(model: Any, loader: Any, batch_size: int = 256) -> np.ndarray:
         with no_grad():
             for batch in loader:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                outs.append(backend.to_numpy(model(x).data))
+                outs.append(backend.to_numpy(tta_logits(model, x, level).data))
     finally:
         model.train(was_training)
     if not outs:
-        raise ValueError(f"predict: the loader produced no batches (loader: {loader!r})")
+        raise ValueError(f"{op}: the loader produced no batches (loader: {loader!r})")
     return np.concatenate(outs)

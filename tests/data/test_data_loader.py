@@ -1,5 +1,6 @@
 """DataLoader: batching, seeded shuffling, (seed, epoch) determinism and resume, drop_last,
-background prefetch (equivalence, error propagation, clean shutdown), no dataset copies."""
+background prefetch (equivalence, error propagation, clean shutdown), no dataset copies;
+BatchInfo for transforms that ask for it (AlternatingFlip across epochs and resume)."""
 
 from __future__ import annotations
 
@@ -237,3 +238,92 @@ def test_yields_tensors_on_device():
     assert x.data.dtype == np.float32 and y.data.dtype == np.int64
     assert not x.requires_grad
     assert str(x.device) == "cpu"
+
+
+# --------------------------------------------------- BatchInfo and AlternatingFlip in a loader
+
+
+def _tagged(n=50):
+    """Images (n, 1, 1, 2) = [i, -1]: flipped, they read [-1, i]; labels are the indices."""
+    x = np.stack([np.arange(n), np.full(n, -1)], axis=1).astype(np.float32)
+    return x.reshape(n, 1, 1, 2), np.arange(n, dtype=np.int64)
+
+
+def _flip_sets(loader, epochs):
+    """Per epoch, the set of dataset indices served flipped (checking each image's content)."""
+    out = []
+    for _ in range(epochs):
+        flipped = set()
+        for x, y in loader:
+            x, y = np.asarray(_arr(x)), np.asarray(_arr(y))
+            row = x[:, 0, 0]
+            is_flipped = row[:, 0] == -1
+            np.testing.assert_array_equal(np.where(is_flipped, row[:, 1], row[:, 0]), y)
+            flipped |= set(y[is_flipped].tolist())
+        out.append(flipped)
+    return out
+
+
+def test_loader_passes_batch_info_to_transforms_that_ask():
+    seen = []
+
+    class Record:
+        uses_batch_info = True
+
+        def __call__(self, x, rng, info=None):
+            seen.append((info.indices.tolist(), info.epoch, info.seed))
+            return x
+
+    loader = DataLoader(_tagged(10), batch_size=4, shuffle=True, seed=5, as_tensor=False,
+                        transform=T.Compose([T.ToFloat(), Record()]))
+    loader.set_epoch(2)
+    ys = [y.tolist() for _, y in loader]
+    assert [s[0] for s in seen] == ys  # the dataset indices, in batch order
+    assert all(s[1:] == (2, 5) for s in seen)
+    # a plain two-argument function still works as a transform
+    plain = DataLoader(_tagged(10), batch_size=4, transform=lambda x, rng: x + 1,
+                       as_tensor=False)
+    assert next(iter(plain))[0][0, 0, 0, 1] == 0
+
+
+def test_alternating_flip_over_epochs_in_a_shuffled_loader(device):
+    n = 50
+    loader = DataLoader(_tagged(n), batch_size=8, shuffle=True, seed=3, device=device,
+                        transform=T.AlternatingFlip())
+    sets = _flip_sets(loader, 4)
+    everything = set(range(n))
+    assert 0 < len(sets[0]) < n
+    assert sets[1] == everything - sets[0]  # epoch 1 flips exactly the others
+    assert sets[2] == sets[0] and sets[3] == sets[1]
+    # the flips belong to the index, not the batch: another batch size, same sets
+    other = DataLoader(_tagged(n), batch_size=13, shuffle=True, seed=3, device=device,
+                       transform=T.Compose([T.AlternatingFlip()]))
+    assert _flip_sets(other, 2) == sets[:2]
+    # and to the loader's seed
+    reseeded = DataLoader(_tagged(n), batch_size=8, shuffle=True, seed=4, device=device,
+                          transform=T.AlternatingFlip())
+    assert _flip_sets(reseeded, 1)[0] != sets[0]
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_alternating_flip_resumes_exactly_from_state_dict(prefetch):
+    def make():
+        aug = T.Compose([T.RandomCrop((1, 2), padding=(0, 1), padding_mode="reflect"),
+                         T.AlternatingFlip()])
+        return DataLoader(_tagged(30), batch_size=7, shuffle=True, seed=9, transform=aug,
+                          prefetch=prefetch, as_tensor=False)
+
+    full = make()
+    epochs = [_epoch(full) for _ in range(5)]
+    saved = make()
+    for _ in range(3):
+        _epoch(saved)
+    state = saved.state_dict()  # a checkpoint taken after epoch 3 (epochs 0-2 done)
+    resumed = make()  # a new process: new loader, new transform, empty cache
+    resumed.load_state_dict(state)
+    for k in (3, 4):
+        got = _epoch(resumed)
+        assert len(got) == len(epochs[k])
+        for p, q in zip(got, epochs[k]):
+            for u, v in zip(p, q):
+                np.testing.assert_array_equal(u, v)
