@@ -19,11 +19,13 @@ import numpy as np
 from numba import njit
 
 from minidl.backend import get_array_module
-from minidl.kernels import _threads
+from minidl.kernels import _malloc, _threads
 
 # Idle OpenMP and OpenBLAS workers must sleep, not spin, or they slow each other's kernels
 # down 2x on a small machine: see ``_threads``.
 _threads.apply()
+# Freed activation memory is kept for the next step rather than unmapped: see ``_malloc``.
+_malloc.apply()
 
 # Below this many elements a kernel runs serially: waking the parallel workers costs
 # 50-100 us on this 2-core machine (a trivial prange loop measured 75 us with
