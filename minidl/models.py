@@ -1,14 +1,24 @@
-"""Ready-made CNNs for the examples: the seed tutorial net and a small ResNet with batch norm.
+"""Ready-made CNNs for the examples: the seed tutorial net, a small ResNet with batch norm
+and airbench's fast CIFAR-10 net.
 
-Both take NCHW images and return logits. ``seed_cnn`` is the Keras CIFAR-10 tutorial's
+All take NCHW images and return logits. ``seed_cnn`` is the Keras CIFAR-10 tutorial's
 network; ``resnet9`` is the ResNet-9 layout popularized by fast CIFAR-10 training
 (DAWNBench): three stages with max-pooling and two residual blocks, with a width knob so
-it fits a CPU budget.
+it fits a CPU budget. ``airbench94`` is the network of Keller Jordan's airbench94 recipe
+(94% on CIFAR-10 in a few GPU-seconds): a frozen patch-whitening conv and three
+conv-pool-BN-GELU groups; ``airbench94_param_groups`` gives its optimizer groups.
 """
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
 from minidl import nn
+from minidl.autograd import Tensor
+from minidl.nn import init
 
 
 def seed_cnn(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Sequential:
@@ -106,3 +116,154 @@ def resnet9(num_classes: int = 10, in_channels: int = 3, width: int = 64) -> nn.
         nn.MaxPool2d(4), nn.Flatten(),
         nn.Linear(8 * w, num_classes, bias=False), Scale(0.125),
     )
+
+
+def _airbench_conv(cin: int, cout: int, kernel_size: int = 3, padding: Any = "same",
+                   bias: bool = False) -> nn.Conv2d:
+    # airbench's Conv: PyTorch's default init, then a zero bias and identity (dirac) filters
+    # in the first C_in output channels, so that at step 0 each conv passes its input on.
+    conv = nn.Conv2d(cin, cout, kernel_size, padding=padding, bias=bias)
+    if conv.bias is not None:
+        init.zeros_(conv.bias)
+    init.dirac_(Tensor(conv.weight.data[:cin]))  # a Tensor over a view: fills in place
+    return conv
+
+
+def _frozen_scale_batch_norm(channels: int, momentum: float) -> nn.BatchNorm2d:
+    # The scale stays 1 (not trained): the following conv can absorb any scale; the shift
+    # is trained.
+    bn = nn.BatchNorm2d(channels, eps=1e-12, momentum=momentum)
+    bn.weight.requires_grad_(False)
+    return bn
+
+
+def _conv_group(cin: int, cout: int, momentum: float) -> nn.Sequential:
+    return nn.Sequential(OrderedDict([
+        ("conv1", _airbench_conv(cin, cout)), ("pool", nn.MaxPool2d(2)),
+        ("norm1", _frozen_scale_batch_norm(cout, momentum)), ("act1", nn.GELU()),
+        ("conv2", _airbench_conv(cout, cout)),
+        ("norm2", _frozen_scale_batch_norm(cout, momentum)), ("act2", nn.GELU()),
+    ]))
+
+
+def airbench94(num_classes: int = 10, widths: Sequence[int] = (64, 256, 256),
+               batchnorm_momentum: float = 0.4, scaling_factor: float = 1 / 9
+               ) -> nn.Sequential:
+    """The airbench94 CIFAR-10 network (KellerJordan/cifar10-airbench, ``legacy/``).
+
+    ``whiten`` (Conv 3->24, 2x2, no padding, bias; weight frozen) -> GELU -> three groups
+    ``group1..3`` of ``conv1`` (3x3 'same', no bias) -> ``pool`` (MaxPool 2) -> ``norm1``
+    -> GELU -> ``conv2`` -> ``norm2`` -> GELU, then MaxPool 3 -> Flatten -> ``head``
+    (Linear, no bias) -> ``scale`` (logits times ``scaling_factor``).
+
+    Shapes for 3x32x32 input and widths (a, b, c): (24,31,31) -> (a,15,15) -> (b,7,7) ->
+    (c,3,3) -> (c,1,1) -> c -> classes. Square inputs of 25 to 48 pixels all end in that
+    1x1 map before ``head``; others fail there with a ``Linear`` shape error.
+
+    * Every batch norm has ``eps=1e-12`` and a frozen scale: ``weight`` stays 1
+      (``requires_grad=False``), ``bias`` is trained. ``batchnorm_momentum`` is in
+      PyTorch's convention (weight of the new batch; airbench writes 0.6 for ``1 - 0.4``).
+    * Each 3x3 conv starts from the default init with identity filters (``nn.init.dirac_``)
+      in its first C_in output channels.
+    * ``whiten.weight`` is frozen and meant to be set from data with
+      ``nn.init.patch_whitening_(model.whiten.weight, train_images)`` (airbench uses 5000
+      normalized training images); until then it holds the default init. Its bias starts at
+      0 and is trained (airbench trains it for the first 3 epochs only: set
+      ``model.whiten.bias.requires_grad = False`` afterwards).
+
+    Parameters are ``Optimizer``-ready through ``airbench94_param_groups`` (frozen ones are
+    left out; an optimizer refuses them). The model is a ``Sequential``, so each
+    ``conv1 -> pool`` pair runs as one fused conv + max-pool op.
+
+    Args:
+        num_classes: outputs of ``head``.
+        widths: output channels of the three groups.
+        batchnorm_momentum: in [0, 1], the running statistics' weight of each new batch.
+        scaling_factor: multiplies the logits (1/9 tempers early training).
+
+    >>> import minidl
+    >>> model = airbench94(widths=(8, 16, 16))
+    >>> model(minidl.zeros(2, 3, 32, 32)).shape, model.num_parameters(trainable_only=True)
+    ((2, 10), 10632)
+    >>> model.whiten.weight.requires_grad, model.group1.norm1.weight.requires_grad
+    (False, False)
+    """
+    num_classes = int(num_classes)
+    if num_classes < 1:
+        raise ValueError(f"airbench94: num_classes must be >= 1, got {num_classes}")
+    ws = tuple(widths)
+    if len(ws) != 3 or not all(isinstance(w, int) and w >= 1 for w in ws):
+        raise ValueError(f"airbench94: widths must be three positive ints (the channels of "
+                         f"the three conv groups), got {widths!r}")
+    if not 0.0 <= float(batchnorm_momentum) <= 1.0:
+        raise ValueError(f"airbench94: batchnorm_momentum must be in [0, 1] (PyTorch's "
+                         f"convention), got {batchnorm_momentum}")
+    if not math.isfinite(float(scaling_factor)):
+        raise ValueError(f"airbench94: scaling_factor must be finite, got {scaling_factor}")
+    in_channels, kernel = 3, 2
+    whiten_width = 2 * in_channels * kernel * kernel
+    whiten = _airbench_conv(in_channels, whiten_width, kernel, padding=0, bias=True)
+    whiten.weight.requires_grad_(False)
+    m = float(batchnorm_momentum)
+    return nn.Sequential(OrderedDict([
+        ("whiten", whiten), ("act", nn.GELU()),
+        ("group1", _conv_group(whiten_width, ws[0], m)),
+        ("group2", _conv_group(ws[0], ws[1], m)),
+        ("group3", _conv_group(ws[1], ws[2], m)),
+        ("pool", nn.MaxPool2d(3)), ("flatten", nn.Flatten()),
+        ("head", nn.Linear(ws[2], num_classes, bias=False)),
+        ("scale", Scale(scaling_factor)),
+    ]))
+
+
+def airbench94_param_groups(model: nn.Module, lr: float, weight_decay: float,
+                            bias_scaler: float = 64.0) -> list[dict[str, Any]]:
+    """Optimizer parameter groups in airbench's style: batch-norm parameters get
+    ``bias_scaler`` times the learning rate, the rest ``lr``.
+
+    The weight-decay *step* (``lr * weight_decay`` in ``SGD``, whose decay is added to the
+    gradient) is the same in both groups: the batch-norm group gets ``weight_decay /
+    bias_scaler``. Parameters with ``requires_grad=False`` (the frozen whitening weight and
+    batch-norm scales of ``airbench94``) are left out, and so is a group with no
+    parameters. Works for any model: batch-norm parameters are found by module type
+    (``BatchNorm1d``/``BatchNorm2d``), not by name. Parameters come as ``(name, param)``
+    pairs, so optimizer state is keyed by name.
+
+    Args:
+        model: the model.
+        lr: learning rate of the other parameters (>= 0).
+        weight_decay: their weight decay (>= 0).
+        bias_scaler: learning-rate multiplier of the batch-norm parameters (> 0).
+
+    Returns:
+        ``[{"params": [...], "lr": lr * bias_scaler, "weight_decay": weight_decay /
+        bias_scaler}, {"params": [...], "lr": lr, "weight_decay": weight_decay}]``.
+
+    >>> import minidl
+    >>> groups = airbench94_param_groups(airbench94(widths=(8, 8, 8)), 0.01, 0.5)
+    >>> [(len(g["params"]), g["lr"], g["weight_decay"]) for g in groups]
+    [(6, 0.64, 0.0078125), (8, 0.01, 0.5)]
+    >>> opt = minidl.optim.SGD(groups, momentum=0.85, nesterov=True)
+    """
+    op = "airbench94_param_groups"
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{op}: model must be an nn.Module, got {type(model).__name__}")
+    lr, weight_decay, bias_scaler = float(lr), float(weight_decay), float(bias_scaler)
+    if not lr >= 0:
+        raise ValueError(f"{op}: lr must be >= 0, got {lr}")
+    if not weight_decay >= 0:
+        raise ValueError(f"{op}: weight_decay must be >= 0, got {weight_decay}")
+    if not bias_scaler > 0:
+        raise ValueError(f"{op}: bias_scaler must be > 0, got {bias_scaler}")
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))
+                for p in m.parameters()}
+    norm, other = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (norm if id(p) in norm_ids else other).append((name, p))
+    if not norm and not other:
+        raise ValueError(f"{op}: {type(model).__name__} has no parameter that requires grad")
+    groups = [{"params": norm, "lr": lr * bias_scaler,
+               "weight_decay": weight_decay / bias_scaler},
+              {"params": other, "lr": lr, "weight_decay": weight_decay}]
+    return [g for g in groups if g["params"]]

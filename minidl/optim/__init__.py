@@ -1,5 +1,5 @@
-"""Optimizers (``SGD``, ``Adam``, ``AdamW``), ``clip_grad_norm_`` and learning-rate schedules
-(``minidl.optim.lr_scheduler``).
+"""Optimizers (``SGD``, ``Adam``, ``AdamW``), ``clip_grad_norm_``, learning-rate schedules
+(``minidl.optim.lr_scheduler``) and ``Lookahead`` (a moving average of a model's state).
 
 >>> import minidl, minidl.nn, minidl.optim
 >>> model = minidl.nn.Linear(3, 1)
@@ -11,7 +11,8 @@
 
 from minidl.optim import lr_scheduler
 from minidl.optim.adam import Adam, AdamW
+from minidl.optim.lookahead import Lookahead
 from minidl.optim.optimizer import Optimizer, clip_grad_norm_
 from minidl.optim.sgd import SGD
 
-__all__ = ["SGD", "Adam", "AdamW", "Optimizer", "clip_grad_norm_", "lr_scheduler"]
+__all__ = ["SGD", "Adam", "AdamW", "Lookahead", "Optimizer", "clip_grad_norm_", "lr_scheduler"]
