@@ -96,3 +96,40 @@ def test_softmax_axis_error() -> None:
         F.softmax(minidl.ones(2, 3), axis=2)
     with pytest.raises(ValueError, match="log_softmax: axis"):
         F.log_softmax(minidl.tensor(1.0))
+
+
+@pytest.mark.parametrize("kernels", ["numba", "numpy"])
+@pytest.mark.parametrize("layout", ["c", "channels_last", "strided"])
+def test_gelu_kernels_match_the_formula(kernels, layout) -> None:
+    # the one-pass numba kernels (C order and channels-last storage alike) and the generic
+    # array path against the erf formula in float64, values and gradient
+    import math
+
+    from minidl.kernels import set_backend
+    from minidl.kernels.elementwise import gelu_backward, gelu_forward
+
+    rng = np.random.default_rng(0)
+    x64 = rng.standard_normal((2, 5, 4, 3)) * 3
+    gy64 = rng.standard_normal(x64.shape)
+    erf = np.vectorize(math.erf)
+    want_y = 0.5 * x64 * (1 + erf(x64 / math.sqrt(2)))
+    want_g = gy64 * (0.5 * (1 + erf(x64 / math.sqrt(2)))
+                     + x64 * np.exp(-x64 ** 2 / 2) / math.sqrt(2 * math.pi))
+
+    def arrange(a):
+        if layout == "channels_last":
+            return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        return a[:, ::2] if layout == "strided" else a
+
+    old = set_backend(kernels)
+    try:
+        for dt, tol in ((np.float64, 1e-12), (np.float32, 2e-6)):
+            x, gy = arrange(x64.astype(dt)), arrange(gy64.astype(dt))
+            y, g = gelu_forward(x), gelu_backward(gy, x)
+            assert y.dtype == dt and g.dtype == dt
+            np.testing.assert_allclose(y, arrange(want_y), rtol=tol, atol=tol)
+            np.testing.assert_allclose(g, arrange(want_g), rtol=tol, atol=tol)
+    finally:
+        set_backend(old)
+    with pytest.raises(ValueError, match="gelu_backward: gy shape"):
+        gelu_backward(np.zeros(3), np.zeros(4))
