@@ -241,3 +241,18 @@ def test_retained_graph_keeps_the_fast_path_and_frees_after():
     assert node.cols is not None           # kept for the next backward
     p.sum().backward()
     assert node.cols is None               # freed with the graph
+
+
+def test_sequential_leaves_winograd_convs_unfused():
+    # a conv that runs as Winograd is cheaper alone than inside the fused im2col op
+    from minidl.kernels import set_conv_algorithm
+
+    net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.MaxPool2d(2))
+    x = minidl.randn(2, 16, 8, 8)
+    old = set_conv_algorithm("auto")
+    try:
+        assert _root_op(net(x)) == "MaxPool2d"
+        set_conv_algorithm("im2col")
+        assert _root_op(net(x)) == "Conv2dMaxPool2d"
+    finally:
+        set_conv_algorithm(old)
