@@ -226,3 +226,25 @@ def erf(a: Any) -> Any:
 
         _np_erf = numba.vectorize(["float32(float32)", "float64(float64)"])(_erf)
     return _np_erf(a)
+
+
+def nccl_module() -> ModuleType:
+    """CuPy's NCCL bindings (``cupy.cuda.nccl``), for ``minidl.distributed``; a clear error
+    when CuPy, a GPU or NCCL is missing."""
+    _import_cupy()
+    try:
+        return importlib.import_module("cupy.cuda.nccl")
+    except ImportError as exc:
+        raise RuntimeError(
+            f"NCCL is not available through CuPy ({exc}); install it (pip install "
+            "nvidia-nccl-cu12) or use the 'mpi' distributed backend") from None
+
+
+def current_stream_ptr() -> int:
+    """The handle of CuPy's current CUDA stream (where NCCL queues its collectives)."""
+    return int(_import_cupy().cuda.get_current_stream().ptr)
+
+
+def use_cuda_device(index: int) -> None:
+    """Make GPU ``index`` CuPy's current device for this process (one GPU per rank)."""
+    _import_cupy().cuda.Device(int(index)).use()

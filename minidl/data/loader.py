@@ -187,6 +187,12 @@ class DataLoader:
     ``transform(x, rng, info=BatchInfo(indices, epoch, seed))`` with the batch's dataset
     indices, so that it can treat each image by its index.
 
+    A ``sampler`` decides which part of each epoch's order this loader serves: data-parallel
+    training gives every rank the same loader with a ``minidl.distributed.DistributedSampler``,
+    whose ``shard(order, batch_size)`` returns this rank's indices of the epoch and whose
+    ``stream`` (a tuple of ints) is appended to each batch's transform seed, so that ranks
+    draw different augmentations. The order itself still comes from ``(seed, epoch)``.
+
     Args:
         dataset: a ``Dataset``, an array, or a tuple of arrays ``(images, labels)``.
         batch_size: samples per batch.
@@ -198,6 +204,8 @@ class DataLoader:
         device: where the batches go (``"cpu"``, ``"cuda"``, ...).
         prefetch: batches prepared ahead in a background thread (0: none).
         as_tensor: yield ``minidl.autograd.Tensor`` objects (True) or raw arrays (False).
+        sampler: None (serve the whole epoch) or an object with ``shard(order,
+            batch_size) -> indices`` and ``stream`` (see above).
 
     Yields:
         batch (tuple): One batch per step, like ``(x, y)``: x of shape ``(B, C, H, W)``, y of shape
@@ -220,6 +228,7 @@ class DataLoader:
         device: str | Device = "cpu",
         prefetch: int = 0,
         as_tensor: bool = True,
+        sampler: Any = None,
     ) -> None:
         self.dataset = _as_dataset(dataset)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
@@ -236,6 +245,11 @@ class DataLoader:
             raise TypeError(
                 f"DataLoader: transform must be callable t(x, rng), got {type(transform).__name__}"
             )
+        if sampler is not None and not callable(getattr(sampler, "shard", None)):
+            raise TypeError("DataLoader: sampler must have a shard(order, batch_size) method "
+                            f"(a minidl.distributed.DistributedSampler), got "
+                            f"{type(sampler).__name__}")
+        self.sampler = sampler
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
@@ -248,6 +262,8 @@ class DataLoader:
 
     def __len__(self) -> int:
         n = len(self.dataset)
+        if self.sampler is not None:
+            n = len(self.sampler.shard(np.arange(n), self.batch_size))
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     @property
@@ -274,11 +290,12 @@ class DataLoader:
         self.set_epoch(state["epoch"])
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """Return the sample indices of ``epoch`` in the order they are served, shape (N,)."""
+        """Return the sample indices of ``epoch`` in the order they are served: shape (N,),
+        or this rank's share of them with a ``sampler``."""
         n = len(self.dataset)
-        if not self.shuffle:
-            return np.arange(n)
-        return np.random.default_rng([self.seed, int(epoch)]).permutation(n)
+        order = (np.random.default_rng([self.seed, int(epoch)]).permutation(n) if self.shuffle
+                 else np.arange(n))
+        return order if self.sampler is None else self.sampler.shard(order, self.batch_size)
 
     def __iter__(self) -> Iterator[tuple]:
         epoch = self._epoch
@@ -289,7 +306,10 @@ class DataLoader:
     def _batches(self, epoch: int) -> Iterator[tuple]:
         order = self.epoch_order(epoch)
         get_batch = getattr(self.dataset, "get_batch", None)
-        for b in range(len(self)):
+        stream = () if self.sampler is None else tuple(self.sampler.stream)
+        n = len(order)
+        steps = n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        for b in range(steps):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             if get_batch is not None:
                 fields = get_batch(idx)
@@ -299,7 +319,7 @@ class DataLoader:
                 fields = (fields,)
             fields = [to_device(f, self.device) for f in fields]
             if self.transform is not None:
-                rng = np.random.default_rng([self.seed, epoch, b])
+                rng = np.random.default_rng([self.seed, epoch, b, *stream])
                 info = BatchInfo(idx, epoch, self.seed)
                 fields[0] = _call(self.transform, fields[0], rng, info)
             if self.as_tensor:
@@ -310,6 +330,7 @@ class DataLoader:
         return (
             f"DataLoader(n={len(self.dataset)}, batch_size={self.batch_size}, "
             f"shuffle={self.shuffle}, drop_last={self.drop_last}, seed={self.seed}, "
-            f"device='{self.device}', prefetch={self.prefetch})"
+            f"device='{self.device}', prefetch={self.prefetch}"
+            + ("" if self.sampler is None else f", sampler={self.sampler!r}") + ")"
         )
 

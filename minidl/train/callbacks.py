@@ -199,7 +199,8 @@ class PrintEpoch(Callback):
         return "  ".join(parts)
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
-        print(self.format(logs), flush=True)
+        if self.trainer.is_main_process:  # one line per epoch, not one per rank
+            print(self.format(logs), flush=True)
 
 
 class LRSchedulerStep(Callback):

@@ -16,6 +16,13 @@ uninterrupted run would.
 
 Device scalars (the loss on a GPU) are read back only once every ``log_every`` batches, so
 the host does not wait for the device after every step.
+
+Data-parallel training: give a ``minidl.distributed.DistributedDataParallel`` model and
+loaders with a ``DistributedSampler`` (arrays given to ``fit`` are sharded here, the batch
+size being the global one). Every rank runs the same ``fit``; the trainer averages the
+gradients after each backward, reduces the metrics over the ranks, makes the batch-norm
+statistics equal before evaluating and checkpointing, and lets rank 0 alone write files
+and show progress bars while the others wait.
 """
 
 from __future__ import annotations
@@ -32,6 +39,13 @@ import numpy as np
 from minidl import amp, backend, random
 from minidl.autograd import Tensor, no_grad
 from minidl.data import DataLoader
+from minidl.distributed import (
+    DistributedDataParallel,
+    DistributedSampler,
+    all_reduce_scalars,
+    get_world,
+    local_batch_size,
+)
 from minidl.functional import argmax, softmax_cross_entropy
 from minidl.nn import Module
 from minidl.optim import Optimizer
@@ -67,13 +81,25 @@ def _model_device(model: Any) -> Any:
 
 
 def _array_loader(data: Any, model: Any, batch_size: int, shuffle: bool,
-                  seed: int | None) -> Any:
+                  seed: int | None, train: bool = False) -> Any:
+    """A loader over ``(x, y)`` arrays; for a ``DistributedDataParallel`` model, this rank's
+    shard of it, ``batch_size`` being the global batch (of training; evaluation shards
+    without padding)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
             or batch_size < 1:
         raise ValueError(f"Trainer: batch_size must be a positive int, got {batch_size!r}")
     arrays = tuple(a.data if isinstance(a, Tensor) else a for a in data)
+    sampler = None
+    if isinstance(model, DistributedDataParallel) and model.world.size > 1:
+        world = model.world
+        if train:
+            batch_size = local_batch_size(int(batch_size), world)
+            # Every rank must shuffle with the same seed: take rank 0's.
+            seed = world.broadcast_object(seed if seed is not None else
+                                          int(random.default_generator().integers(2**62)))
+        sampler = DistributedSampler(world, pad=train)
     return DataLoader(arrays, batch_size=int(batch_size), shuffle=shuffle, seed=seed,
-                      device=_model_device(model))
+                      device=_model_device(model), sampler=sampler)
 
 
 _CHECKPOINT_FIELDS = ("model", "optimizer", "epoch", "rng")
@@ -172,6 +198,8 @@ class Trainer:
         mixed_precision: str | None = None,
     ) -> None:
         self.model = model
+        self.ddp = model if isinstance(model, DistributedDataParallel) else None
+        self.world = self.ddp.world if self.ddp is not None else get_world()
         self.autocast = amp.autocast(mixed_precision or "float16",
                                      enabled=mixed_precision is not None)
         self.scaler = amp.GradScaler(enabled=mixed_precision is not None)
@@ -190,7 +218,7 @@ class Trainer:
                 self.scheduler = steppers[0].scheduler
         for cb in self.callbacks:
             cb.trainer = self
-        self.progress = progress
+        self.progress = progress and self.is_main_process
         self.log_every = max(1, int(log_every))
         self.history = History()
         self.epoch = 0  # epochs completed
@@ -198,10 +226,22 @@ class Trainer:
         self.train_loader: Any = None
         self._loader_state: dict | None = None  # from a checkpoint, applied by fit()
 
+    @property
+    def is_main_process(self) -> bool:
+        """True on rank 0 (always, in one process): the rank that writes files and logs."""
+        return self.world.rank == 0
+
+    @property
+    def _distributed(self) -> bool:
+        return self.ddp is not None and self.world.size > 1
+
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything needed to resume: model, optimizer, scheduler, RNG, epoch, history and
-        the training loader's seed."""
+        the training loader's seed.
+
+        In a data-parallel run every rank must call it (the batch-norm statistics are
+        averaged and every rank's random state is gathered into ``rng_ranks``)."""
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -209,6 +249,9 @@ class Trainer:
             "history": self.history.epochs,
             "rng": json.dumps(random.get_rng_state()),
         }
+        if self._distributed:
+            state["rng_ranks"] = json.dumps(self.world.allgather_object(
+                random.get_rng_state()))
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
         if self.scaler.enabled:
@@ -257,19 +300,42 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.history = History(state.get("history", []))
         self._loader_state = loader_state
+        ranks = state.get("rng_ranks")
+        if ranks is not None and self._distributed:
+            ranks = json.loads(str(ranks))
+            if len(ranks) == self.world.size:  # same world: each rank resumes its own stream
+                rng = ranks[self.world.rank]
         random.set_rng_state(rng)
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Write ``state_dict()`` to ``path`` atomically (``minidl.save``), creating its
-        folder if needed."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        save(self.state_dict(), path)
+        folder if needed. In a data-parallel run every rank calls it, rank 0 writes and the
+        others wait until the file is complete."""
+        state = self.state_dict()
+        if self.is_main_process:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            save(state, path)
+        self.world.barrier()
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore a checkpoint written by ``save_checkpoint``; ``fit`` then continues
-        after its epoch. Nothing changes unless the whole checkpoint loads."""
+        after its epoch. Nothing changes unless the whole checkpoint loads. In a
+        data-parallel run rank 0 reads the file and sends it to the others (which need not
+        see the file), and every rank raises the same error if it does not load."""
         try:
-            self.load_state_dict(load(path))
+            state = load(path) if self.is_main_process else None
+            error = None
+        except (OSError, ValueError) as exc:
+            state, error = None, exc
+        if self._distributed:
+            state, error = self.world.broadcast_object((state, error))
+        if error is not None:
+            if isinstance(error, ValueError):
+                raise ValueError(f"Trainer.load_checkpoint: {os.fspath(path)}: {error}") \
+                    from None
+            raise error
+        try:
+            self.load_state_dict(state)
         except ValueError as exc:
             raise ValueError(f"Trainer.load_checkpoint: {os.fspath(path)}: {exc}") from None
 
@@ -287,6 +353,8 @@ class Trainer:
             loss = self.loss_fn(logits, y)
         self.optimizer.zero_grad()
         self.scaler.scale(loss).backward()
+        if self.ddp is not None:  # before the step, so that every rank checks the same grads
+            self.ddp.allreduce_gradients()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss, _accuracy_count(logits.detach(), y)
@@ -321,7 +389,7 @@ class Trainer:
             raise ValueError(f"fit: epochs must be an int >= 0, got {epochs!r}")
         if _is_array_pair(train):
             seed = self._loader_state["seed"] if self._loader_state else None
-            train = _array_loader(train, self.model, batch_size, shuffle, seed)
+            train = _array_loader(train, self.model, batch_size, shuffle, seed, train=True)
         elif self._loader_state is not None and callable(getattr(train, "load_state_dict",
                                                                  None)):
             train.load_state_dict(self._loader_state)
@@ -329,6 +397,8 @@ class Trainer:
             validation = _array_loader(validation, self.model, batch_size, False, 0)
         self._loader_state = None
         self.train_loader = train
+        if self._distributed:
+            self._check_sharded(train)
         self.stop_training = False
         for cb in self.callbacks:
             cb.on_train_begin()
@@ -349,6 +419,29 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_end()
         return self.history
+
+    def _check_sharded(self, loader: Any) -> None:
+        """Fail on every rank, not hang, when the ranks' training loaders disagree: an
+        unsharded loader, different seeds (different shuffles), or different numbers of
+        batches (a rank with more would wait forever in the gradient allreduce)."""
+        sampler = getattr(loader, "sampler", None)
+        mine = (len(loader) if hasattr(loader, "__len__") else None,
+                getattr(loader, "seed", None),
+                None if sampler is None else getattr(sampler, "num_replicas", None))
+        every = self.world.allgather_object(mine)
+        size = self.world.size
+        if isinstance(loader, DataLoader) and any(e[2] != size for e in every):
+            raise ValueError(
+                f"fit: in a {size}-rank run the training DataLoader needs "
+                f"sampler=minidl.distributed.DistributedSampler() (ranks per sampler, rank 0 "
+                f"first: {[e[2] for e in every]}); without it every rank trains on the whole "
+                "data set")
+        for k, what in ((0, "batches per epoch"), (1, "loader seeds")):
+            values = [e[k] for e in every]
+            if len(set(values)) > 1:
+                raise ValueError(
+                    f"fit: the ranks' training loaders have different {what}: {values} "
+                    "(rank 0 first); build the same loader, with the same seed, on every rank")
 
     def _flush(self, pending: list[tuple[Tensor, int]], step: int, epoch: int,
                total: int | None) -> tuple[float, int]:
@@ -408,6 +501,9 @@ class Trainer:
                 f"fit: the training loader produced no batches in epoch {epoch} (loader: "
                 f"{loader!r}); is the dataset empty, or smaller than batch_size with "
                 "drop_last=True?")
+        if self._distributed:  # the epoch's metrics over every rank's images
+            loss_sum, correct, seen = all_reduce_scalars([loss_sum, float(correct), seen],
+                                                         self.world)
         elapsed = time.perf_counter() - start
         logs = {"epoch": epoch, "loss": loss_sum / seen, "accuracy": float(correct) / seen,
                 "time": elapsed, "images_per_s": seen / max(elapsed, 1e-9)}
@@ -435,6 +531,8 @@ class Trainer:
         tta = _check_level("Trainer.evaluate", tta)
         if _is_array_pair(loader):
             loader = _array_loader(loader, self.model, batch_size, False, 0)
+        if self.ddp is not None:
+            self.ddp.sync_buffers()
         was_training = getattr(self.model, "training", False)
         self.model.eval()
         loss_sum, correct, seen = 0.0, 0, 0
@@ -452,6 +550,8 @@ class Trainer:
         finally:
             bar.close()
             self.model.train(was_training)
+        if self._distributed:  # every rank's share of the data (each may have none)
+            loss_sum, correct, seen = all_reduce_scalars([loss_sum, correct, seen], self.world)
         if seen == 0:
             raise ValueError(f"evaluate: the loader produced no batches (loader: {loader!r})")
         return {"loss": loss_sum / seen, "accuracy": correct / seen}
