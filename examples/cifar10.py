@@ -9,6 +9,14 @@ augmentation and a one-cycle schedule. Everything a run produces goes to ``--out
 checkpoints (``last.npz`` each epoch), ``history.json``/``.csv``, ``result.json`` and, when
 matplotlib is installed, plots. ``--resume`` continues from ``<out>/last.npz`` and gives the
 same result as an uninterrupted run with the same seed.
+
+Data-parallel training on several processes (cores, GPUs or machines) over MPI, with the
+``mpi`` extra installed (``pip install -e ".[mpi]"``)::
+
+    python -m minidl.distributed -n 2 examples/cifar10.py --distributed --data-dir ...
+
+(or ``mpiexec -n 2 python -m mpi4py examples/cifar10.py --distributed ...``). The batch size
+is the global one, each rank taking its share; rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import minidl
+from minidl import distributed as dist
 from minidl import nn, optim
 from minidl.data import DataLoader, load_cifar10
 from minidl.data import transforms as T
@@ -74,15 +83,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.npz")
     p.add_argument("--no-download", action="store_true", help="never download the data")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of an MPI job (launch with python -m "
+                        "minidl.distributed -n N ...); NCCL between GPUs with --device cuda")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="with --distributed: batch-norm statistics over all ranks")
     return p.parse_args(argv)
 
 
-def build(args: argparse.Namespace, steps_per_epoch: int):
+def build(args: argparse.Namespace, steps_per_epoch: int, world):
     if args.model == "seed":
         model = seed_cnn()
     else:
         model = resnet9(width=args.width)
     model.to(args.device)
+    if args.distributed:  # rank 0's initial weights go to every rank
+        if args.sync_bn:
+            model = dist.SyncBatchNorm.convert_sync_batchnorm(model, world)
+        model = dist.DistributedDataParallel(model, world)
     if args.optimizer == "sgd":
         optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
                               weight_decay=args.weight_decay)
@@ -105,9 +123,18 @@ def main(argv: list[str] | None = None) -> dict:
         args.lr = 0.1 if args.optimizer == "sgd" else 1e-3
     if args.weight_decay is None:
         args.weight_decay = 5e-4 if args.optimizer == "sgd" else 0.0
+    world = dist.get_world()
+    if args.distributed:
+        world = dist.init_process_group("nccl" if args.device.startswith("cuda") else "mpi")
+        if args.device.startswith("cuda"):
+            args.device = f"cuda:{world.local_rank()}"  # one GPU per rank of this machine
+    elif args.sync_bn:
+        sys.exit("--sync-bn needs --distributed")
+    main_rank = world.rank == 0
     minidl.manual_seed(args.seed)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
 
     download = not args.no_download
     x_train, y_train = load_cifar10(args.data_dir, train=True, download=download)
@@ -117,20 +144,32 @@ def main(argv: list[str] | None = None) -> dict:
     if args.test_limit and args.test_limit < len(x_test):
         keep = np.linspace(0, len(x_test) - 1, args.test_limit).round().astype(np.int64)
         x_test, y_test = x_test[keep], y_test[keep]
-    print(f"CIFAR-10: {len(x_train)} train / {len(x_test)} test images, "
-          f"shape {x_train.shape[1:]}", flush=True)
+    if main_rank:
+        print(f"CIFAR-10: {len(x_train)} train / {len(x_test)} test images, "
+              f"shape {x_train.shape[1:]}"
+              + (f"; {world.size} ranks x batch {args.batch_size // world.size}"
+                 if args.distributed else ""), flush=True)
 
     to_input = [T.ToFloat(), T.Normalize(MEAN, STD)]
     augment = [T.RandomCrop(32, padding=4, padding_mode="reflect"),
                T.RandomHorizontalFlip()] if args.augment else []
-    train = DataLoader((x_train, y_train), batch_size=args.batch_size, shuffle=True,
+    try:
+        batch = dist.local_batch_size(args.batch_size, world)
+    except ValueError as exc:
+        sys.exit(f"--batch-size: {exc}")
+    shard = dist.DistributedSampler(world) if args.distributed else None
+    train = DataLoader((x_train, y_train), batch_size=batch, shuffle=True,
                        seed=args.seed, transform=T.Compose(augment + to_input),
-                       device=args.device, prefetch=2)
+                       device=args.device, prefetch=2, sampler=shard)
+    test_shard = dist.DistributedSampler(world, pad=False) if args.distributed else None
     test = DataLoader((x_test, y_test), batch_size=1000, transform=T.Compose(to_input),
-                      device=args.device)
+                      device=args.device, sampler=test_shard)
 
-    model, optimizer, scheduler = build(args, len(train))
-    model.summary((1, 3, 32, 32))
+    model, optimizer, scheduler = build(args, len(train), world)
+    # Dropout masks (the seed net has none, but a user's might): each rank its own stream.
+    minidl.manual_seed(dist.rank_seed(args.seed, world))
+    if main_rank:
+        model.summary((1, 3, 32, 32))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     trainer = Trainer(model, optimizer, loss_fn, scheduler=scheduler, scheduler_per="batch",
                       callbacks=[ModelCheckpoint(out), PrintEpoch()],
@@ -138,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
                       log_every=20, mixed_precision="float16" if args.amp else None)
     if args.resume:
         ckpt = out / "last.npz"
-        if not ckpt.exists():
+        if not world.broadcast_object(ckpt.exists()):  # rank 0 holds the files
             sys.exit(f"--resume: no checkpoint at {ckpt}")
         trainer.load_checkpoint(ckpt)
         planned = getattr(scheduler, "total_steps", None)
@@ -147,7 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
             sys.exit(f"--resume: {ckpt} follows a one-cycle schedule of {planned} steps "
                      f"({planned // len(train)} epochs); resume with --epochs "
                      f"{planned // len(train)} or start a new run")
-        print(f"resumed from {ckpt} after epoch {trainer.epoch}", flush=True)
+        if main_rank:
+            print(f"resumed from {ckpt} after epoch {trainer.epoch}", flush=True)
 
     start = time.perf_counter()
     history = trainer.fit(train, epochs=args.epochs, validation=test)
@@ -160,10 +200,13 @@ def main(argv: list[str] | None = None) -> dict:
         "label_smoothing": args.label_smoothing, "width": args.width,
         "augment": args.augment, "seed": args.seed, "limit": args.limit,
         "test_limit": args.test_limit, "test_images": len(x_test),
-        "device": args.device, "amp": args.amp,
+        "device": args.device, "amp": args.amp, "world_size": world.size,
+        "sync_bn": args.sync_bn,
     }
+    full_test = DataLoader((x_test, y_test), batch_size=1000, transform=T.Compose(to_input),
+                           device=args.device) if args.distributed else test
     return report_run(trainer, history, test, out, config, wall, CIFAR10_CLASSES, x_test,
-                      y_test)
+                      y_test, predict_loader=full_test)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from minidl.train import History, Trainer
 
 def report_run(trainer: Trainer, history: History, test: Any, out: str | os.PathLike,
                config: dict, wall_seconds: float, classes: Sequence[str] | None = None,
-               images: Any = None, labels: Any = None) -> dict:
+               images: Any = None, labels: Any = None, predict_loader: Any = None) -> dict:
     """Finish a training run the way the examples do: evaluate on ``test``, write
     ``history.json``/``.csv``, ``result.json`` (``config`` plus the test
     metrics, times and machine) and, when matplotlib is installed, the plots.
@@ -37,13 +37,20 @@ def report_run(trainer: Trainer, history: History, test: Any, out: str | os.Path
         classes: class names, for the plots.
         images: uint8 test images ``(N, C, H, W)`` for the prediction grid.
         labels: the test labels, for the confusion matrix.
+        predict_loader: the whole test set in order, for the plots' predictions (default
+            ``test``; a data-parallel run evaluates ``test`` sharded over the ranks).
+
+    Every rank of a data-parallel run calls this (the evaluation is shared); rank 0 alone
+    writes the files.
 
     Returns:
         The ``result.json`` contents.
     """
     out = Path(out)
-    history.save(out)
     final = trainer.evaluate(test, desc="test")
+    if not trainer.is_main_process:
+        return {}
+    history.save(out)
     print(f"test loss {final['loss']:.4f}  test accuracy {final['accuracy']:.4f}")
     result = dict(config)
     result.update({
@@ -61,7 +68,7 @@ def report_run(trainer: Trainer, history: History, test: Any, out: str | os.Path
     except ImportError:
         print("matplotlib not installed: skipping plots (pip install 'minidl[plot]')")
     else:
-        y_pred = trainer.predict(test).argmax(axis=1)
+        y_pred = trainer.predict(predict_loader or test).argmax(axis=1)
         plot.save_training_report(out, history, labels, y_pred, classes, images)
         print(f"plots written to {out}/")
     return result

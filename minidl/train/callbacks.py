@@ -94,8 +94,10 @@ class ModelCheckpoint(Callback):
         self.best: float | None = None
 
     def on_train_begin(self) -> None:
-        """Create the folder; take the best monitored value from a resumed history."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Create the folder (rank 0 of a data-parallel run); take the best monitored value
+        from a resumed history."""
+        if self.trainer.is_main_process:
+            self.folder.mkdir(parents=True, exist_ok=True)
         # After a resume, the best value so far is in the restored history: without it the
         # first resumed epoch would overwrite best.npz even when it is worse.
         if self.monitor is None:
