@@ -5,8 +5,12 @@ beside this Python (the MPICH wheel of the ``mpi`` extra) or on ``PATH``. ``-m m
 makes a rank that raises abort the whole job instead of leaving the others waiting. Unless
 you set them, it gives each rank ``cores // N`` threads (``OMP_NUM_THREADS``,
 ``OPENBLAS_NUM_THREADS``, ``NUMBA_NUM_THREADS``), because N ranks each starting one
-thread per core would fight over the cores. Options after ``--mpi`` go to mpiexec as they
-are (``--mpi -hostfile hosts``).
+thread per core would fight over the cores.
+
+Options: ``--hostfile FILE`` (several machines: one host name per line, ``host:slots``),
+and ``--tcp``, which makes MPICH send every message over TCP sockets, even between ranks
+on one machine (how ranks on different machines talk without InfiniBand; on one machine
+it exercises that path).
 """
 
 from __future__ import annotations

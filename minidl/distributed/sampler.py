@@ -78,9 +78,11 @@ class DistributedSampler:
         (N,) and the per-rank ``batch_size``; shape ``(steps * batch_size,)`` or less in
         the last step."""
         order = np.asarray(order)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"DistributedSampler.shard: batch_size must be a positive int, "
+                             f"got {batch_size!r}")
         w, b = self.num_replicas, int(batch_size)
-        if w == 1:
-            return order
         big = w * b
         full = len(order) // big
         head = order[: full * big].reshape(full, w, b)[:, self.rank, :].reshape(-1)

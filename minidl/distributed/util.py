@@ -25,10 +25,10 @@ def local_batch_size(global_batch: int, world: Communicator | None = None) -> in
                          f"{global_batch!r}")
     if global_batch % world.size:
         lo = global_batch // world.size * world.size
+        below = lo if lo else world.size
         raise ValueError(
             f"the global batch size {global_batch} is not divisible by the {world.size} "
-            f"ranks; use a multiple of {world.size} (e.g. {max(lo, world.size)} or "
-            f"{lo + world.size})")
+            f"ranks; use a multiple of {world.size} (e.g. {below} or {below + world.size})")
     return int(global_batch // world.size)
 
 

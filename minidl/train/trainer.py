@@ -96,7 +96,7 @@ def _array_loader(data: Any, model: Any, batch_size: int, shuffle: bool,
             batch_size = local_batch_size(int(batch_size), world)
             # Every rank must shuffle with the same seed: take rank 0's.
             seed = world.broadcast_object(seed if seed is not None else
-                                          int(random.default_generator().integers(2**62)))
+                                          int(random.default_generator().integers(0, 2**63 - 1)))
         sampler = DistributedSampler(world, pad=train)
     return DataLoader(arrays, batch_size=int(batch_size), shuffle=shuffle, seed=seed,
                       device=_model_device(model), sampler=sampler)
@@ -626,7 +626,9 @@ def tta_predict(model: Module, x: Any, level: int = 2, batch_size: int = 256) ->
 def _infer(op: str, model: Any, loader: Any, batch_size: int, level: int) -> np.ndarray:
     """The loop of ``predict`` and ``tta_predict``: eval mode, ``no_grad``, NumPy logits."""
     if hasattr(loader, "shape") and hasattr(loader, "dtype"):
-        loader = _array_loader((loader,), model, batch_size, False, 0)
+        # Inference is per rank: every rank predicts every row (never a shard of them).
+        plain = model.module if isinstance(model, DistributedDataParallel) else model
+        loader = _array_loader((loader,), plain, batch_size, False, 0)
     was_training = getattr(model, "training", False)
     model.eval()
     outs = []
