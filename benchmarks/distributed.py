@@ -8,9 +8,15 @@ ranks), interleaved over ``--rounds`` so that machine noise hits every mode alik
 1. Training step of the seed CNN (Adam) and ResNet-9 width 24 (SGD-Nesterov) at global
    batch 64 and 256, float32, random data, in three modes: one process x 1 thread, one
    process x 2 threads, and 2 ranks x 1 thread (``DistributedDataParallel``, each rank half
-   the batch). Reported: median step time, throughput of 2 ranks over each single-process
-   mode (the same global batch, so the ratio of step times), and the time rank 0 spends in
-   the gradient allreduce per step (including any wait for the other rank).
+   the batch). The first and the last alternate inside one 2-rank job (rank 0 alone with
+   the whole batch while rank 1 waits, then both), so that they share the same minutes of
+   a noisy machine; the 2-thread process runs right after. Reported: median step time,
+   throughput of 2 ranks over each single-process mode (the same global batch, so the
+   ratio of step times; median of the per-round ratios), and the time rank 0 spends in the
+   gradient allreduce per step (including any wait for the other rank). The same job also
+   runs both ranks at once on their half batches *without* any communication: the
+   throughput two cores of the machine give at all (they share caches and memory
+   bandwidth), the ceiling for any data-parallel scheme.
 2. Allreduce of float32 messages of 4 B to 64 MiB between 2 ranks, over shared memory
    (MPICH's default on one machine) and forced onto TCP (``--tcp`` of the launcher), with
    ``t(n) = a + n / bw`` fitted by least squares.
@@ -43,6 +49,7 @@ import numpy as np
 HERE = Path(__file__).resolve()
 ROOT = HERE.parent.parent
 TCP_ENV = {"MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp", "MPIR_CVAR_NOLOCAL": "1"}
+APART = "2 processes x 1 thread, no communication"
 NETS = {"seed": "seed CNN", "resnet9": "ResNet-9 width 24", "airbench94": "airbench94 net"}
 
 
@@ -94,6 +101,61 @@ def worker_step(net: str, batch: int, steps: int, distributed: bool) -> None:
     if world.rank == 0:
         print(json.dumps({"step_s": times, "comm_s": comm, "params": int(params)}),
               flush=True)
+
+
+def worker_scaling(net: str, batch: int, steps: int, rounds: int) -> None:
+    """In one 2-rank job, alternate ``rounds`` times: rank 0 alone trains a plain model at
+    the global ``batch`` (rank 1 waits at a barrier: one process x 1 thread), then both
+    ranks train a ``DistributedDataParallel`` copy at half the batch each. Both modes thus
+    run in the same minutes of a noisy machine. Rank 0 prints one JSON line."""
+    import minidl
+    from minidl import distributed as dist
+    from minidl.functional import softmax_cross_entropy
+
+    world = dist.init_process_group("mpi")
+    local = dist.local_batch_size(batch, world)
+    minidl.manual_seed(0)
+    plain, plain_opt = _build(net)
+    minidl.manual_seed(0)
+    model, opt = _build(net)
+    model = dist.DistributedDataParallel(model, world)
+    rng = np.random.default_rng(world.rank)
+    xs = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    ys = rng.integers(0, 10, batch).astype(np.int64)
+    x_all, y_all = minidl.Tensor(xs), minidl.Tensor(ys)
+    x, y = minidl.Tensor(xs[:local]), minidl.Tensor(ys[:local])
+
+    def step(m, o, xb, yb, reduce: bool) -> tuple[float, float]:
+        before = world.stats["seconds"]
+        start = time.perf_counter()
+        loss = softmax_cross_entropy(m(xb), yb)
+        o.zero_grad()
+        loss.backward()
+        if reduce:
+            m.allreduce_gradients()
+        o.step()
+        return time.perf_counter() - start, world.stats["seconds"] - before
+
+    single, apart, ranks, comm = [], [], [], []
+    for r in range(rounds + 1):  # round 0 warms up (numba compiles, buffers grow)
+        if world.rank == 0:
+            ts = [step(plain, plain_opt, x_all, y_all, False)[0] for _ in range(steps)]
+        world.barrier()
+        # Both ranks at once, each on its own half batch, never talking: what two cores of
+        # this machine give without any communication (shared caches and memory bandwidth).
+        alone = [step(plain, plain_opt, x, y, False)[0] for _ in range(steps)]
+        world.barrier()
+        both = [step(model, opt, x, y, True) for _ in range(steps)]
+        world.barrier()
+        if r and world.rank == 0:
+            single.append(float(np.median(ts)))
+            apart.append(float(np.median(alone)))
+            ranks.append(float(np.median([t for t, _ in both])))
+            comm.append(float(np.median([c for _, c in both])))
+    if world.rank == 0:
+        params = sum(p.size for p in model.parameters() if p.requires_grad)
+        print(json.dumps({"single_s": single, "apart_s": apart, "ranks_s": ranks,
+                          "comm_s": comm, "params": int(params)}), flush=True)
 
 
 def worker_allreduce(sizes: list[int], repeats: int) -> None:
@@ -148,6 +210,13 @@ def _step(net: str, batch: int, steps: int, mode: str) -> dict:
         return _run(cmd, _env(1))
     threads = 1 if mode == "1 process x 1 thread" else 2
     return _run([sys.executable, *args], _env(threads))
+
+
+def _scaling(net: str, batch: int, steps: int, rounds: int) -> dict:
+    cmd = [_mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", str(HERE), "--worker",
+           "scaling", "--net", net, "--batch", str(batch), "--steps", str(steps),
+           "--rounds", str(rounds)]
+    return _run(cmd, _env(1))
 
 
 def _allreduce(tcp: bool, repeats: int) -> list:
@@ -217,7 +286,7 @@ def _machine() -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--worker", choices=("step", "allreduce"))
+    p.add_argument("--worker", choices=("step", "scaling", "allreduce"))
     p.add_argument("--net", default="seed", choices=sorted(NETS))
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
@@ -230,44 +299,55 @@ def main() -> None:
     args = p.parse_args()
     if args.worker == "step":
         return worker_step(args.net, args.batch, args.steps, args.distributed)
+    if args.worker == "scaling":
+        return worker_scaling(args.net, args.batch, args.steps, args.rounds)
     if args.worker == "allreduce":
         return worker_allreduce([int(s) for s in args.sizes.split(",")], args.steps)
 
     modes = ("1 process x 1 thread", "1 process x 2 threads", "2 ranks x 1 thread")
     cases = [(c.split(":")[0], int(c.split(":")[1])) for c in args.cases.split(",")]
-    raw: dict = {f"{n}:{b}": {m: [] for m in modes} for n, b in cases}
+    raw: dict = {f"{n}:{b}": {m: [] for m in modes + (APART,)} for n, b in cases}
     comm: dict = {f"{n}:{b}": [] for n, b in cases}
     params: dict = {}
+    # Each round: one 2-rank job alternating 1 process x 1 thread with 2 ranks x 1 thread
+    # (3 sub-rounds inside it), then a 1 process x 2 threads run right after.
     for r in range(args.rounds):
         for net, batch in cases:
-            for mode in modes:
-                res = _step(net, batch, args.steps, mode)
-                raw[f"{net}:{batch}"][mode].append(float(np.median(res["step_s"])))
-                params[net] = res["params"]
-                if mode == modes[2]:
-                    comm[f"{net}:{batch}"].append(float(np.median(res["comm_s"])))
+            key = f"{net}:{batch}"
+            res = _scaling(net, batch, args.steps, 3)
+            raw[key][modes[0]].extend(res["single_s"])
+            raw[key][modes[2]].extend(res["ranks_s"])
+            raw[key][APART].extend(res["apart_s"])
+            comm[key].extend(res["comm_s"])
+            params[net] = res["params"]
+            two = _step(net, batch, args.steps, modes[1])
+            raw[key][modes[1]].extend([float(np.median(two["step_s"]))] * 3)
         print(f"round {r + 1}/{args.rounds} done", flush=True)
 
     print("\n## Training step, same global batch (median over rounds)\n")
     print("| net | batch | 1p x 1t | 1p x 2t | 2r x 1t | 2r/1p1t throughput | "
-          "2r/1p2t throughput | allreduce per step |")
-    print("|---|---|---|---|---|---|---|---|")
+          "2r/1p2t throughput | allreduce per step | ceiling: 2 apart/1p1t |")
+    print("|---|---|---|---|---|---|---|---|---|")
     table = []
     for net, batch in cases:
         key = f"{net}:{batch}"
         t1, t2, tr = (np.array(raw[key][m]) for m in modes)
+        ta = np.array(raw[key][APART])
         row = {"net": net, "batch": batch, "single_1t_ms": float(np.median(t1)) * 1e3,
                "single_2t_ms": float(np.median(t2)) * 1e3,
                "ranks2_ms": float(np.median(tr)) * 1e3,
                "speedup_vs_1t": float(np.median(t1 / tr)),
                "speedup_vs_2t": float(np.median(t2 / tr)),
                "allreduce_ms": float(np.median(comm[key])) * 1e3,
+               "apart_ms": float(np.median(ta)) * 1e3,
+               "ceiling_vs_1t": float(np.median(t1 / ta)),
                "grad_mb": params[net] * 4 / 2**20}
         table.append(row)
         print(f"| {NETS[net]} | {batch} | {row['single_1t_ms']:.1f} ms | "
               f"{row['single_2t_ms']:.1f} ms | {row['ranks2_ms']:.1f} ms | "
               f"{row['speedup_vs_1t']:.2f} | {row['speedup_vs_2t']:.2f} | "
-              f"{row['allreduce_ms']:.2f} ms ({row['grad_mb']:.1f} MB) |")
+              f"{row['allreduce_ms']:.2f} ms ({row['grad_mb']:.1f} MB) | "
+              f"{row['ceiling_vs_1t']:.2f} |")
 
     print("\n## Allreduce between 2 ranks (float32)\n")
     sweeps = {}

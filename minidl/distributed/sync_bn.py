@@ -103,8 +103,13 @@ class SyncBatchNorm(_BatchNorm):
     ``SyncBatchNorm.convert_sync_batchnorm(model)``.
 
     Args:
-        num_features, eps, momentum, affine, track_running_stats, activation, dtype: as for
-            ``nn.BatchNorm2d``.
+        num_features: the channels ``C``.
+        eps: added to the variance.
+        momentum: weight of each batch in the running statistics (None: cumulative mean).
+        affine: learn a per-channel scale and shift.
+        track_running_stats: keep running statistics for eval mode.
+        activation: None or ``"relu"`` (applied after the normalization).
+        dtype: of the parameters and buffers.
         world: the communicator (default ``get_world()`` at each forward).
 
     >>> import minidl
