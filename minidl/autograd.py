@@ -737,9 +737,16 @@ def _input_grads(fn: Function, gys: list[Tensor]) -> list[tuple[Tensor, Tensor]]
             f"{fn.name}.backward returned {len(gxs)} gradients for {len(fn.inputs)} inputs"
         )
     pairs = []
-    for x, gx, need in zip(fn.inputs, gxs, fn.needs_input_grad):
+    for k, (x, gx, need) in enumerate(zip(fn.inputs, gxs, fn.needs_input_grad)):
         if gx is None or not need:
             continue
+        if not isinstance(gx, Tensor):
+            # A raw array here would be used as a Tensor later, deep in the graph walk.
+            raise TypeError(
+                f"{fn.name}.backward returned a {type(gx).__module__}.{type(gx).__name__} "
+                f"as the gradient of input {k}; return Tensors: wrap an array as "
+                "minidl.Tensor(array), or compute the gradient with Tensor ops (then double "
+                "backward works too)")
         if gx.shape != x.shape or gx.dtype != x.dtype:
             raise RuntimeError(
                 f"{fn.name}.backward returned a gradient of shape {gx.shape} and dtype "

@@ -236,4 +236,12 @@ def gradgradcheck(
         return tuple(out)
 
     first_grads.__name__ = f"grad of {getattr(fn, '__name__', 'fn')}"
+    if not any(g.requires_grad for g in first_grads(*inputs, *us)):
+        # gradcheck would only say "no output depends differentiably on the inputs".
+        raise ValueError(
+            "gradgradcheck: the first derivatives do not depend differentiably on the inputs: "
+            "the backward pass was not recorded, so there is no second derivative to check. "
+            "This happens when an op's backward computes on raw arrays (.data, NumPy calls) "
+            "and wraps the result as a constant Tensor; write that backward with Tensor ops "
+            "(minidl.functional) to support double backward, or do not claim it")
     return gradcheck(first_grads, inputs + us, seed=seed, **kwargs)

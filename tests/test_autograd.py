@@ -595,3 +595,26 @@ def test_a_leaf_given_twice_as_a_root_gets_each_seed_once() -> None:
     assert x.grad.tolist() == [11.0, 22.0]
     (gx,) = minidl.autograd.grad([x, x * 1.0], x, [minidl.ones(2), minidl.ones(2)])
     assert gx.tolist() == [2.0, 2.0]
+
+
+def test_backward_returning_a_raw_array_is_a_clear_error():
+    """A DeZero/cs231n habit: backward returns a NumPy array, not a Tensor. Both backward()
+    and gradcheck must name the op and say to wrap the result (it used to pass gradcheck
+    and then fail deep in the graph walk)."""
+    from minidl.gradcheck import gradcheck
+
+    class RawSquare(minidl.Function):
+        def forward(self, x):
+            self.save_for_backward(x)
+            return x * x
+
+        def backward(self, gy):
+            (x,) = self.saved
+            return 2 * x * gy.data  # an ndarray: the mistake
+
+    x = minidl.tensor(np.array([1.0, -2.0]), requires_grad=True)
+    with pytest.raises(TypeError, match=r"RawSquare\.backward returned a numpy\.ndarray "
+                                        r"as the gradient of input 0.*minidl\.Tensor"):
+        RawSquare.apply(x).sum().backward()
+    with pytest.raises(TypeError, match="RawSquare.backward returned a numpy.ndarray"):
+        gradcheck(lambda t: RawSquare.apply(t), [x])

@@ -231,3 +231,21 @@ def test_default_tolerance_passes_correct_ops_with_large_outputs(rng, mode) -> N
     a = minidl.tensor(rng.standard_normal((16, 32)), requires_grad=True)
     b = minidl.tensor(rng.standard_normal((32, 16)), requires_grad=True)
     assert gradcheck(lambda a, b: (a @ b) * 10 + (a @ b).tanh(), [a, b], mode=mode)
+
+
+def test_gradgradcheck_names_a_backward_on_raw_arrays():
+    """An op whose backward computes on arrays has no second derivative; gradgradcheck says
+    why instead of gradcheck's generic 'no output depends differentiably'."""
+    class RawCube(minidl.Function):
+        def forward(self, x):
+            self.save_for_backward(x)
+            return x ** 3
+
+        def backward(self, gy):
+            (x,) = self.saved
+            return minidl.Tensor(3 * x * x * gy.data)  # correct, but not differentiable
+
+    x = minidl.tensor(np.array([0.5, -1.5]), requires_grad=True)
+    assert gradcheck(lambda t: RawCube.apply(t), [x])
+    with pytest.raises(ValueError, match="backward pass was not recorded.*Tensor ops"):
+        gradgradcheck(lambda t: RawCube.apply(t), [x])
