@@ -636,3 +636,22 @@ def test_empty_loader_raises_clear_error() -> None:
         trainer.evaluate([])
     with pytest.raises(ValueError, match="predict: the loader produced no batches"):
         trainer.predict([])
+
+
+def test_a_slow_first_step_is_explained_once(monkeypatch, capsys):
+    """A first step slower than SLOW_FIRST_STEP_S (numba compiling) gets one line of
+    explanation; fast first steps and later epochs get none."""
+    import minidl.train.trainer as trainer_mod
+
+    x = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    y = np.zeros(16, np.int64)
+    model = nn.Linear(3, 2)
+    monkeypatch.setattr(trainer_mod, "SLOW_FIRST_STEP_S", -1.0)  # every first step is "slow"
+    Trainer(model, optim.SGD(model.parameters(), lr=0.1), progress=False).fit(
+        (x, y), epochs=2, batch_size=8)
+    out = capsys.readouterr().out
+    assert out.count("numba compiled minidl's CPU kernels") == 1, out
+    monkeypatch.setattr(trainer_mod, "SLOW_FIRST_STEP_S", 1e9)
+    Trainer(model, optim.SGD(model.parameters(), lr=0.1), progress=False).fit(
+        (x, y), epochs=1, batch_size=8)
+    assert "numba" not in capsys.readouterr().out

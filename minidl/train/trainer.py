@@ -102,6 +102,9 @@ def _array_loader(data: Any, model: Any, batch_size: int, shuffle: bool,
                       device=_model_device(model), sampler=sampler)
 
 
+# A first training step slower than this is explained to the user (numba compiling).
+SLOW_FIRST_STEP_S = 5.0
+
 _CHECKPOINT_FIELDS = ("model", "optimizer", "epoch", "rng")
 
 
@@ -225,6 +228,7 @@ class Trainer:
         self.stop_training = False
         self.train_loader: Any = None
         self._loader_state: dict | None = None  # from a checkpoint, applied by fit()
+        self._told_compile = False
 
     @property
     def is_main_process(self) -> bool:
@@ -420,6 +424,14 @@ class Trainer:
             cb.on_train_end()
         return self.history
 
+    def _note_slow_first_step(self, seconds: float, bar: Any) -> None:
+        """Say why a run's first step was slow (numba compiling minidl's kernels), once."""
+        self._told_compile = True
+        if seconds > SLOW_FIRST_STEP_S and self.is_main_process:
+            bar.write(f"(the first step took {seconds:.0f} s: numba compiled minidl's CPU "
+                      "kernels for these shapes and dtypes; they are cached on disk, so the "
+                      "next run starts at full speed)")
+
     def _check_sharded(self, loader: Any) -> None:
         """Fail on every rank, not hang, when the ranks' training loaders disagree: an
         unsharded loader, different seeds (different shuffles), or different numbers of
@@ -476,6 +488,8 @@ class Trainer:
         try:
             for step, (x, y) in enumerate(loader, 1):
                 loss, hits = self.train_step(x, y)
+                if step == 1 and not self._told_compile:
+                    self._note_slow_first_step(time.perf_counter() - start, bar)
                 n = x.shape[0]
                 seen += n
                 pending.append((loss.detach(), n))
