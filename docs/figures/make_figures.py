@@ -3,8 +3,9 @@
     python docs/figures/make_figures.py          # needs matplotlib (pip install -e ".[plot]")
 
 Every number shown in a figure is computed by minidl itself (``minidl.kernels.im2col``,
-``col2im``, ``max_pool2d_forward``/``backward``), so a figure cannot drift from the code
-without this script showing it. The output is deterministic (no timestamps in the PNGs).
+``col2im``, ``max_pool2d_forward``/``backward``) or by the code blocks of the page that shows
+it (``schedules.png`` runs those of ``optimizers.md``), so a figure cannot drift from the
+code without this script showing it. The output is deterministic (no timestamps in the PNGs).
 """
 
 from __future__ import annotations
@@ -227,7 +228,36 @@ def fig_diamond() -> None:
     _save(fig, "diamond.png")
 
 
+def _page_namespace(page: str) -> dict:
+    """Run the python blocks of ``docs/<page>`` in order and return their namespace, so a
+    figure plots exactly what the page computes."""
+    import re
+
+    text = (HERE.parent / page).read_text(encoding="utf-8")
+    ns: dict = {}
+    for code in re.findall(r"^```python\n(.*?)^```", text, re.S | re.M):
+        exec(compile(code, page, "exec"), ns)
+    return ns
+
+
+def fig_schedules() -> None:
+    """The learning-rate schedules of docs/optimizers.md on its noisy least squares."""
+    runs = _page_namespace("optimizers.md")["runs"]
+    fig, (ax_lr, ax_loss) = plt.subplots(1, 2, figsize=(12, 4))
+    for color, (name, (lrs, excess)) in zip(COLORS, runs.items()):
+        ax_lr.plot(lrs, color=color, label=name)
+        ax_loss.semilogy(np.maximum(excess, 1e-6), color=color, label=name, lw=0.9)
+    ax_lr.set(xlabel="step", ylabel="learning rate", title="the schedules")
+    ax_loss.set(xlabel="step", ylabel="loss above the least-squares floor",
+                title="SGD (momentum 0.9, batch 8) on noisy least squares")
+    for ax in (ax_lr, ax_loss):
+        ax.legend(frameon=False)
+        ax.spines[["top", "right"]].set_visible(False)
+    _save(fig, "schedules.png")
+
+
 def main() -> None:
+    fig_schedules()
     fig_im2col()
     fig_conv_gemm()
     fig_col2im()
