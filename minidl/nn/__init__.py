@@ -1,5 +1,6 @@
 """Neural-network building blocks (``minidl.nn``): ``Module``, ``Parameter``, layers,
-containers, losses, initializers (``minidl.nn.init``) and ``summary``.
+containers, losses, initializers (``minidl.nn.init``), ``summary`` and ``LayerStats``
+(per-layer activation and gradient statistics, for debugging).
 
 ``minidl.nn.functional`` is the very same module object as ``minidl.functional`` (PyTorch's
 spelling, ``import minidl.nn.functional as F``), so every op added there appears here too.
@@ -28,6 +29,7 @@ from minidl.nn.layers import (
 from minidl.nn.loss import CrossEntropyLoss, MSELoss
 from minidl.nn.module import Module, Parameter
 from minidl.nn.norm import BatchNorm1d, BatchNorm2d, LayerNorm
+from minidl.nn.stats import LayerStats
 from minidl.nn.summary import summary
 
 # Make ``import minidl.nn.functional`` resolve to minidl.functional itself.
@@ -36,6 +38,7 @@ sys.modules[__name__ + ".functional"] = functional
 __all__ = [
     "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d",
     "CrossEntropyLoss", "Dense", "Dropout", "Flatten", "GELU", "Identity", "LayerNorm",
+    "LayerStats",
     "LeakyReLU", "Linear", "MSELoss", "MaxPool2d", "Module", "ModuleList", "Parameter", "ReLU",
     "Sequential", "Sigmoid", "Softmax", "Tanh", "functional", "fusion_enabled", "init",
     "set_fusion", "summary",
