@@ -46,7 +46,7 @@ from minidl.functional.math import (
     to_device,
     where,
 )
-from minidl.functional.norm import batch_norm, dropout, layer_norm
+from minidl.functional.norm import batch_norm, dropout, group_norm, layer_norm
 from minidl.functional.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from minidl.functional.reduce import argmax, max, mean, min, sum
 from minidl.functional.shape import (
@@ -68,11 +68,11 @@ cat = concatenate
 __all__ = [
     "abs", "adaptive_avg_pool2d", "add", "argmax", "avg_pool2d", "batch_norm", "broadcast_to",
     "cast", "cat", "clamp", "clip", "concatenate", "conv2d", "conv2d_max_pool2d", "cross_entropy",
-    "div", "dropout", "erf", "exp", "flatten", "gelu", "getitem", "layer_norm", "leaky_relu",
-    "linear", "log", "log_softmax", "matmul", "max", "max_pool2d", "maximum", "mean", "min",
-    "minimum", "mse_loss", "mul", "neg", "pad", "permute", "pow", "relu", "reshape", "sigmoid",
-    "softmax", "softmax_cross_entropy", "sqrt", "squeeze", "stack", "sub", "sum", "sum_to", "tanh",
-    "to_device", "transpose", "unsqueeze", "where",
+    "div", "dropout", "erf", "exp", "flatten", "gelu", "getitem", "group_norm", "layer_norm",
+    "leaky_relu", "linear", "log", "log_softmax", "matmul", "max", "max_pool2d", "maximum", "mean",
+    "min", "minimum", "mse_loss", "mul", "neg", "pad", "permute", "pow", "relu", "reshape",
+    "sigmoid", "softmax", "softmax_cross_entropy", "sqrt", "squeeze", "stack", "sub", "sum",
+    "sum_to", "tanh", "to_device", "transpose", "unsqueeze", "where",
 ]
 
 

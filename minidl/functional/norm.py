@@ -1,4 +1,5 @@
-"""Normalization and noise: ``batch_norm`` (one fused op), ``layer_norm`` and ``dropout``.
+"""Normalization and noise: ``batch_norm`` (one fused op), ``layer_norm``, ``group_norm`` and
+``dropout``.
 
 Batch norm normalizes each channel ``c`` over the ``M = N * H * W`` values it takes in a
 batch: ``xhat = (x - mean) * inv_std`` with ``inv_std = 1 / sqrt(var + eps)`` (biased
@@ -311,6 +312,70 @@ def layer_norm(
         y = y * weight
     if bias is not None:
         y = y + bias
+    return y
+
+
+def group_norm(
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Group normalization (Wu & He, 2018): each sample's channels in ``num_groups`` groups,
+    each group normalized over its channels and positions.
+
+    For ``x (N, C, *spatial)`` and ``G = num_groups`` (dividing ``C``), the mean and biased
+    variance are taken over the ``C/G * prod(spatial)`` values of each ``(n, g)``; then
+    ``y = xhat * weight[c] + bias[c]``. No statistic mixes samples, so it behaves the same
+    in training and evaluation and at any batch size (the batch-norm replacement for
+    per-example training such as DP-SGD). ``G = 1`` is layer norm over ``(C, *spatial)``
+    with per-channel affine parameters; ``G = C`` is instance norm. Built from
+    differentiable ops, so any order of derivative works.
+
+    Args:
+        x: ``(N, C)`` or ``(N, C, *spatial)``.
+        num_groups: ``G``, a divisor of ``C``.
+        weight: optional ``(C,)`` scale.
+        bias: optional ``(C,)`` shift.
+        eps: added to the variance.
+
+    Returns:
+        A tensor of the shape and dtype of ``x``.
+
+    >>> import minidl
+    >>> from minidl.functional.norm import group_norm
+    >>> group_norm(minidl.tensor([[1.0, 3.0, 10.0, 20.0]]), 2, eps=0.0).tolist()
+    [[-1.0, 1.0, -1.0, 1.0]]
+    """
+    x, weight, bias = upper(x, weight, bias)  # float32 inside autocast
+    op = "group_norm"
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: expected a Tensor input, got {type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"{op}: input must be floating point, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise ValueError(f"{op}: expected an (N, C, ...) input, got shape {x.shape}")
+    c = x.shape[1]
+    if isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)) \
+            or num_groups < 1 or c % num_groups:
+        raise ValueError(f"{op}: num_groups must be a positive divisor of the {c} channels, "
+                         f"got {num_groups!r}")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != (c,):
+            raise ValueError(f"{op}: {name} must have shape ({c},), got {p.shape}")
+        if p is not None and p.dtype != x.dtype:
+            raise TypeError(f"{op}: {name} dtype {p.dtype} differs from input dtype {x.dtype}")
+    n = x.shape[0]
+    groups = x.reshape(n, int(num_groups), -1)  # (N, G, C/G * spatial)
+    xc = groups - _mean(groups, axis=2, keepdims=True)
+    var = _mean(xc * xc, axis=2, keepdims=True)
+    y = (xc / sqrt(var + float(eps))).reshape(x.shape)
+    pshape = (1, c) + (1,) * (x.ndim - 2)
+    if weight is not None:
+        y = y * weight.reshape(pshape)
+    if bias is not None:
+        y = y + bias.reshape(pshape)
     return y
 
 

@@ -28,7 +28,7 @@ from minidl.nn.layers import (
 )
 from minidl.nn.loss import CrossEntropyLoss, MSELoss
 from minidl.nn.module import Module, Parameter
-from minidl.nn.norm import BatchNorm1d, BatchNorm2d, LayerNorm
+from minidl.nn.norm import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm
 from minidl.nn.stats import LayerStats
 from minidl.nn.summary import summary
 
@@ -37,7 +37,8 @@ sys.modules[__name__ + ".functional"] = functional
 
 __all__ = [
     "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d",
-    "CrossEntropyLoss", "Dense", "Dropout", "Flatten", "GELU", "Identity", "LayerNorm",
+    "CrossEntropyLoss", "Dense", "Dropout", "Flatten", "GELU", "GroupNorm", "Identity",
+    "LayerNorm",
     "LayerStats",
     "LeakyReLU", "Linear", "MSELoss", "MaxPool2d", "Module", "ModuleList", "Parameter", "ReLU",
     "Sequential", "Sigmoid", "Softmax", "Tanh", "functional", "fusion_enabled", "init",

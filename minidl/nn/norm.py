@@ -1,4 +1,4 @@
-"""Normalization layers: ``BatchNorm1d``, ``BatchNorm2d`` and ``LayerNorm``.
+"""Normalization layers: ``BatchNorm1d``, ``BatchNorm2d``, ``LayerNorm`` and ``GroupNorm``.
 
 Batch norm keeps ``running_mean``, ``running_var`` and ``num_batches_tracked`` as *buffers*:
 saved in ``state_dict`` and moved by ``to()``, but not trained. In training mode it
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from minidl.autograd import Tensor
-from minidl.functional.norm import batch_norm, layer_norm
+from minidl.functional.norm import batch_norm, group_norm, layer_norm
 from minidl.nn.module import Module, Parameter
 
 
@@ -165,3 +165,59 @@ class LayerNorm(Module):
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, "
                 f"elementwise_affine={self.elementwise_affine}")
+
+
+class GroupNorm(Module):
+    """Normalize each sample's channels in groups (``minidl.functional.group_norm``).
+
+    No statistic mixes the samples of a batch, so it behaves the same in training and eval
+    mode, at any batch size, and under per-example (differentially private) training, where
+    batch norm cannot be used.
+
+    Args:
+        num_groups: ``G``, a divisor of ``num_channels``.
+        num_channels: ``C``.
+        eps: added to the variance.
+        affine: learn a per-channel scale and shift.
+        dtype: of the parameters.
+
+    Shape:
+        - Input: ``(N, C, *)``.
+        - Output: the same shape.
+
+    Attributes:
+        weight, bias (Parameter): ``(C,)`` scale and shift (when ``affine``).
+
+    >>> import minidl
+    >>> minidl.nn.GroupNorm(2, 4)(minidl.randn(3, 4, 5, 5)).shape
+    (3, 4, 5, 5)
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
+                 affine: bool = True, dtype: Any = np.float32) -> None:
+        super().__init__()
+        if isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)) \
+                or num_groups < 1 or num_channels % num_groups:
+            raise ValueError(f"GroupNorm: num_groups must be a positive divisor of "
+                             f"num_channels={num_channels}, got {num_groups!r}")
+        self.num_groups, self.num_channels, self.eps = int(num_groups), int(num_channels), \
+            float(eps)
+        self.affine = affine
+        if affine:
+            self.weight = Parameter(np.ones(num_channels, dtype=dtype))
+            self.bias = Parameter(np.zeros(num_channels, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"GroupNorm: expected a Tensor input, got {type(x).__name__}")
+        if x.ndim < 2 or x.shape[1] != self.num_channels:
+            got = x.shape[1] if x.ndim >= 2 else None
+            raise ValueError(f"GroupNorm: input has {got} channels but layer expects "
+                             f"{self.num_channels} (input shape {x.shape})")
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"

@@ -8,7 +8,7 @@ import pytest
 from helpers import Const, OpCase, check_case
 
 import minidl
-from minidl.functional.norm import batch_norm, dropout, layer_norm
+from minidl.functional.norm import batch_norm, dropout, group_norm, layer_norm
 from minidl.gradcheck import gradcheck, gradgradcheck
 
 # -- references -------------------------------------------------------------------------
@@ -64,6 +64,18 @@ def _eval(x, *wb):
                       training=False)
 
 
+def gn_ref(x, g, w=None, b=None, eps=1e-5):
+    """Group norm by its definition: per sample and group of C/g channels."""
+    n, c = x.shape[:2]
+    grp = x.reshape(n, g, -1)
+    y = ((grp - grp.mean(axis=2, keepdims=True))
+         / np.sqrt(grp.var(axis=2, keepdims=True) + eps)).reshape(x.shape)
+    pshape = (1, c) + (1,) * (x.ndim - 2)
+    if w is not None:
+        y = y * w.reshape(pshape) + b.reshape(pshape)
+    return y
+
+
 CASES = [
     OpCase("bn_train_2d", _train, bn_train_ref, [(6, 3)], gradgrad=True, op=batch_norm),
     OpCase("bn_train_2d_affine", _train, bn_train_ref, [(6, 3), (3,), (3,)], gradgrad=True,
@@ -80,6 +92,14 @@ CASES = [
     OpCase("ln_2_affine", lambda x, w, b: layer_norm(x, (3, 2), w, b),
            lambda x, w, b: ln_ref(x, 2, w, b), [(2, 4, 3, 2), (3, 2), (3, 2)], gradgrad=True,
            op=layer_norm),
+    OpCase("gn_4d_affine", lambda x, w, b: group_norm(x, 2, w, b),
+           lambda x, w, b: gn_ref(x, 2, w, b), [(3, 4, 2, 3), (4,), (4,)], gradgrad=True,
+           op=group_norm),
+    OpCase("gn_2d_instance", lambda x: group_norm(x, 3), lambda x: gn_ref(x, 3), [(4, 3)],
+           gradgrad=True, op=group_norm),
+    OpCase("gn_3d_one_group", lambda x, w, b: group_norm(x, 1, w, b),
+           lambda x, w, b: gn_ref(x, 1, w, b), [(2, 3, 5), (3,), (3,)], gradgrad=True,
+           op=group_norm),
     OpCase("dropout_mask", lambda x, m: dropout(x, 0.25, mask=m),
            lambda x, m: x * m / 0.75, [(4, 5), Const(lambda r: (r.random((4, 5)) > 0.3)
                                                       .astype(np.float64))], gradgrad=True,
@@ -174,3 +194,22 @@ def test_batch_norm_errors() -> None:
 def test_layer_norm_errors() -> None:
     with pytest.raises(ValueError, match=r"layer_norm: input shape \(2, 3\) does not end with"):
         layer_norm(minidl.ones(2, 3), 4)
+
+
+def test_group_norm_matches_batch_independence_and_errors() -> None:
+    """No statistic mixes samples: each sample's output is the same alone or in a batch; the
+    layer holds (C,) affine parameters; bad group counts name the op."""
+    rng = np.random.default_rng(0)
+    x = minidl.tensor(rng.normal(size=(4, 6, 3, 3)))
+    gn = minidl.nn.GroupNorm(3, 6, dtype=np.float64)
+    assert [n for n, _ in gn.named_parameters()] == ["weight", "bias"]
+    whole = gn(x).detach().numpy()
+    alone = gn(minidl.tensor(x.numpy()[1:2])).detach().numpy()
+    assert np.allclose(whole[1:2], alone)
+    gn.eval()
+    assert np.allclose(gn(x).detach().numpy(), whole)
+    with pytest.raises(ValueError, match="group_norm: num_groups must be a positive divisor "
+                                         "of the 6 channels, got 4"):
+        group_norm(x, 4)
+    with pytest.raises(ValueError, match="GroupNorm: input has 5 channels but layer expects 6"):
+        gn(minidl.ones(2, 5, 3, 3, dtype=np.float64))
