@@ -12,6 +12,7 @@ from minidl.autograd import (
     Function,
     Tensor,
     enable_grad,
+    from_dlpack,
     is_grad_enabled,
     no_grad,
     ones,
@@ -33,7 +34,8 @@ functional.setup_tensor()
 __version__ = "0.1.0"
 
 __all__ = [
-    "Device", "Function", "amp", "Tensor", "cuda_is_available", "data", "enable_grad", "functional",
+    "Device", "Function", "amp", "Tensor", "cuda_is_available", "data", "enable_grad",
+    "from_dlpack", "functional",
     "gradcheck", "gradgradcheck", "is_grad_enabled", "load", "manual_seed", "nn", "no_grad",
     "ones", "optim", "rand", "randn", "save", "set_grad_enabled", "tensor", "zeros",
 ]

@@ -510,6 +510,39 @@ class Tensor:
             )
         return backend.to_numpy(self.data)
 
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """``np.asarray(tensor)``: the data as a NumPy array (a view, not a copy, on the CPU).
+
+        Refused, as ``numpy()`` is, for a tensor that requires grad (``.detach()`` first) and
+        for a CUDA tensor (NumPy cannot see GPU memory: ``.cpu()`` or ``.numpy()`` copies).
+
+        >>> import numpy as np, minidl
+        >>> np.asarray(minidl.tensor([1.0, 2.0]))
+        array([1., 2.], dtype=float32)
+        """
+        if self.requires_grad:
+            raise RuntimeError("np.asarray(tensor): the tensor requires grad; use "
+                               "np.asarray(tensor.detach())")
+        if type(self.data) is not np.ndarray:
+            raise TypeError(f"np.asarray(tensor): the tensor is on {self.device}; copy it to "
+                            "the host first with tensor.numpy() or tensor.cpu()")
+        if copy:
+            return np.array(self.data, dtype=dtype, copy=True)
+        return self.data if dtype is None else self.data.astype(dtype, copy=False)
+
+    def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
+        """Export the data through DLPack, without a copy (``torch.from_dlpack(t)``,
+        ``np.from_dlpack(t)``, ``cupy.from_dlpack(t)``). Refused for a tensor that requires
+        grad, as PyTorch does: the consumer could write into it behind autograd's back."""
+        if self.requires_grad:
+            raise RuntimeError("__dlpack__: can't export a tensor that requires grad; use "
+                               "tensor.detach()")
+        return self.data.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        """The DLPack ``(device_type, device_id)`` of the data: ``(1, 0)`` on the CPU."""
+        return self.data.__dlpack_device__()
+
     def item(self) -> Any:
         """Return the single element as a Python number."""
         if self.size != 1:
@@ -859,6 +892,19 @@ def grad(
 
 # ----------------------------------------------------------------------------------------
 # constructors
+
+
+def from_dlpack(obj: Any) -> Tensor:
+    """A tensor sharing memory with ``obj`` through DLPack: a NumPy or CuPy array, a PyTorch
+    tensor (CPU or CUDA), a JAX array, or anything else with ``__dlpack__``. No copy is made,
+    so writes on either side are seen by the other; the result does not require grad.
+
+    >>> import numpy as np
+    >>> a = np.arange(3.0)
+    >>> t = from_dlpack(a); a[0] = 7.0; t.tolist()
+    [7.0, 1.0, 2.0]
+    """
+    return Tensor(backend.from_dlpack(obj))
 
 
 def tensor(

@@ -248,3 +248,21 @@ def current_stream_ptr() -> int:
 def use_cuda_device(index: int) -> None:
     """Make GPU ``index`` CuPy's current device for this process (one GPU per rank)."""
     _import_cupy().cuda.Device(int(index)).use()
+
+
+_DLPACK_CPU, _DLPACK_CUDA = 1, 2  # DLDeviceType codes of the DLPack standard
+
+
+def from_dlpack(obj: Any) -> Any:
+    """The array behind a DLPack-capable object, without a copy: a NumPy array for CPU
+    memory, a CuPy array for CUDA memory."""
+    device = getattr(obj, "__dlpack_device__", None)
+    if device is None or not hasattr(obj, "__dlpack__"):
+        raise TypeError(f"from_dlpack: expected an object with __dlpack__ (an array or "
+                        f"tensor), got {type(obj).__name__}")
+    kind = int(device()[0])
+    if kind == _DLPACK_CPU:
+        return np.from_dlpack(obj)
+    if kind == _DLPACK_CUDA:
+        return _import_cupy().from_dlpack(obj)
+    raise TypeError(f"from_dlpack: device type {kind} is neither the CPU (1) nor CUDA (2)")
