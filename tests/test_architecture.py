@@ -27,7 +27,7 @@ LAYERS: list[tuple[int, str]] = [
     (1, "minidl.kernels"),
     (2, "minidl.autograd"),
     (3, "minidl.functional"),
-    (4, "minidl.amp"), (4, "minidl.gradcheck"), (4, "minidl.serialization"),
+    (4, "minidl.amp"), (4, "minidl.gradcheck"), (4, "minidl.serialization"), (4, "minidl.io"),
     (5, "minidl.nn"),
     (6, "minidl.optim"),
     (7, "minidl.data"),
