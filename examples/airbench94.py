@@ -51,6 +51,10 @@ from minidl.data import transforms as T
 from minidl.models import airbench94, airbench94_param_groups
 from minidl.train import tta_predict
 
+# examples/cli.py, beside this script, however the script was loaded
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cli  # noqa: E402
+
 MEAN = (0.4914, 0.4822, 0.4465)  # CIFAR-10 training-set channel statistics
 STD = (0.2470, 0.2435, 0.2616)
 
@@ -72,17 +76,20 @@ HYP = {  # airbench94's hyp, same names
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = cli.Parser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data-dir", default=os.environ.get("MINIDL_CIFAR10_DIR"),
+                   type=cli.existing_path,
                    help="CIFAR-10 folder or archive (or set MINIDL_CIFAR10_DIR)")
     p.add_argument("--epochs", type=float, default=HYP["train_epochs"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="train on the first N images")
-    p.add_argument("--test-limit", type=int, default=None,
+    p.add_argument("--limit", type=cli.positive_int, default=None,
+                   help="train on the first N images")
+    p.add_argument("--test-limit", type=cli.positive_int, default=None,
                    help="evaluate on N evenly spaced test images")
     p.add_argument("--json", default=None, help="write the summary here")
     p.add_argument("--no-download", action="store_true", help="never download the data")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     args = p.parse_args(argv)
     if args.epochs <= 0:
         p.error(f"--epochs must be positive, got {args.epochs}")
@@ -123,8 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
         prefetch=2)
     total_steps = math.ceil(len(train) * args.epochs)
     if total_steps < 1:
-        sys.exit(f"airbench94: no training step: need at least {batch_size} training images "
-                 f"(got {len(x_train)})")
+        raise cli.CLIError(f"no training step: need at least {batch_size} training images "
+                           f"(got {len(x_train)}); raise --limit")
 
     # airbench gives lr and weight decay per 1024 examples and "decoupled" from Nesterov's
     # gain: with a constant gradient, a Nesterov step is (1 + 1/(1 - momentum)) gradients.
@@ -203,4 +210,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

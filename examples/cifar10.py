@@ -40,6 +40,7 @@ from minidl.train import ModelCheckpoint, PrintEpoch, Trainer
 
 # examples/reporting.py, beside this script, however the script was loaded
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cli  # noqa: E402
 from reporting import report_run  # noqa: E402
 
 # Per-channel statistics of the CIFAR-10 training set (for Normalize).
@@ -48,14 +49,15 @@ STD = (0.2470, 0.2435, 0.2616)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = cli.Parser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data-dir", default=os.environ.get("MINIDL_CIFAR10_DIR"),
+                   type=cli.existing_path,
                    help="CIFAR-10 folder or archive (python or binary version); default: "
                         "$MINIDL_CIFAR10_DIR, then the cache dir (downloading if needed)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--epochs", type=cli.positive_int, default=10)
+    p.add_argument("--batch-size", type=cli.positive_int, default=64)
+    p.add_argument("--lr", type=cli.positive_float, default=None,
                    help="learning rate, the peak of the one-cycle schedule (default: 1e-3 for "
                         "Adam, 0.1 for SGD)")
     p.add_argument("--optimizer", choices=("adam", "sgd"), default=None,
@@ -64,23 +66,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=None,
                    help="default: 0 for Adam, 5e-4 for SGD (AdamW is used when > 0 with Adam)")
     p.add_argument("--model", choices=("seed", "resnet9"), default="seed")
-    p.add_argument("--width", type=int, default=32, help="resnet9 base width")
+    p.add_argument("--width", type=cli.positive_int, default=32, help="resnet9 base width")
     p.add_argument("--augment", action="store_true", help="random crop (pad 4) + flip")
     p.add_argument("--schedule", choices=("constant", "onecycle"), default=None,
                    help="LR schedule (default: constant for seed, onecycle for resnet9)")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--label-smoothing", type=cli.fraction, default=0.0)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--amp", action="store_true",
                    help="mixed precision: float16 GEMMs, float32 master weights, loss "
                         "scaling (for CUDA; slow on the CPU)")
-    p.add_argument("--limit", type=int, default=None, help="train on the first N images")
-    p.add_argument("--test-limit", type=int, default=None,
+    p.add_argument("--limit", type=cli.positive_int, default=None,
+                   help="train on the first N images (and, unless --test-limit, evaluate on "
+                        "max(N, 1000) test images)")
+    p.add_argument("--test-limit", type=cli.positive_int, default=None,
                    help="evaluate on N test images, evenly spaced (every class even when the "
                         "test file is sorted by class)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/cifar10", help="folder for checkpoints, history, "
                                                          "plots")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.npz")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into --out even if it holds an earlier run (default: a fresh "
+                        "<out>-2, <out>-3, ... folder)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     p.add_argument("--no-download", action="store_true", help="never download the data")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--distributed", action="store_true",
@@ -129,18 +137,31 @@ def main(argv: list[str] | None = None) -> dict:
         if args.device.startswith("cuda"):
             args.device = f"cuda:{world.local_rank()}"  # one GPU per rank of this machine
     elif args.sync_bn:
-        sys.exit("--sync-bn needs --distributed")
+        raise cli.CLIError("--sync-bn needs --distributed")
     main_rank = world.rank == 0
     minidl.manual_seed(args.seed)
-    out = Path(args.out)
-    if main_rank:
-        out.mkdir(parents=True, exist_ok=True)
+    # Rank 0 decides the folder (the others may not see rank 0's disk).
+    out = Path(world.broadcast_object(
+        str(cli.fresh_run_folder(Path(args.out), args.resume, args.overwrite))
+        if main_rank else None))
 
     download = not args.no_download
-    x_train, y_train = load_cifar10(args.data_dir, train=True, download=download)
-    x_test, y_test = load_cifar10(args.data_dir, train=False, download=download)
+    try:
+        x_train, y_train = load_cifar10(args.data_dir, train=True, download=download)
+        x_test, y_test = load_cifar10(args.data_dir, train=False, download=download)
+    except cli.DatasetNotFoundError as exc:
+        where = args.data_dir or "the cache folder (~/.cache/minidl or $MINIDL_DATA)"
+        hint = "" if download or args.data_dir else ", or drop --no-download to fetch it"
+        raise cli.CLIError(
+            f"no CIFAR-10 in {where}: expected cifar-10-batches-py/, cifar-10-batches-bin/ "
+            f"or their .tar.gz archive; point --data-dir at the folder that holds them{hint}"
+        ) from exc  # --debug shows the loader's own error too
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
     if args.limit:
         x_train, y_train = x_train[: args.limit], y_train[: args.limit]
+        if args.test_limit is None:  # a quick run stays quick: evaluate on a sample too
+            args.test_limit = max(args.limit, 1000)
     if args.test_limit and args.test_limit < len(x_test):
         keep = np.linspace(0, len(x_test) - 1, args.test_limit).round().astype(np.int64)
         x_test, y_test = x_test[keep], y_test[keep]
@@ -156,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         batch = dist.local_batch_size(args.batch_size, world)
     except ValueError as exc:
-        sys.exit(f"--batch-size: {exc}")
+        raise cli.CLIError(f"--batch-size: {exc}") from None
     shard = dist.DistributedSampler(world) if args.distributed else None
     train = DataLoader((x_train, y_train), batch_size=batch, shuffle=True,
                        seed=args.seed, transform=T.Compose(augment + to_input),
@@ -172,20 +193,32 @@ def main(argv: list[str] | None = None) -> dict:
         model.summary((1, 3, 32, 32))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     trainer = Trainer(model, optimizer, loss_fn, scheduler=scheduler, scheduler_per="batch",
-                      callbacks=[ModelCheckpoint(out), PrintEpoch()],
+                      callbacks=[ModelCheckpoint(out, monitor="val_accuracy"), PrintEpoch()],
                       progress=not args.no_progress,
                       log_every=20, mixed_precision="float16" if args.amp else None)
     if args.resume:
         ckpt = out / "last.npz"
         if not world.broadcast_object(ckpt.exists()):  # rank 0 holds the files
-            sys.exit(f"--resume: no checkpoint at {ckpt}")
-        trainer.load_checkpoint(ckpt)
+            raise cli.CLIError(f"--resume: no checkpoint at {ckpt}; start a run without "
+                               "--resume, or point --out at the run's folder")
+        try:
+            trainer.load_checkpoint(ckpt)
+        except (ValueError, KeyError) as exc:  # another architecture, or not a checkpoint
+            detail = str(exc.args[0] if exc.args else exc).splitlines()
+            more = f" ({detail[1].split(':')[0].strip()})" if len(detail) > 1 else ""
+            raise cli.CLIError(f"--resume: {ckpt} does not fit --model {args.model} with "
+                               f"these options{more}; resume with the options of that run, "
+                               "or start a new one in another --out") from None
+        if trainer.epoch >= args.epochs:
+            raise cli.CLIError(f"--resume: {ckpt} has already trained {trainer.epoch} "
+                               f"epoch(s) and --epochs is {args.epochs}: nothing left to "
+                               f"train; pass a larger --epochs to continue")
         planned = getattr(scheduler, "total_steps", None)
         if planned is not None and planned != args.epochs * len(train):
             # The one-cycle schedule is fixed when a run starts; a longer run needs a new one.
-            sys.exit(f"--resume: {ckpt} follows a one-cycle schedule of {planned} steps "
-                     f"({planned // len(train)} epochs); resume with --epochs "
-                     f"{planned // len(train)} or start a new run")
+            raise cli.CLIError(f"--resume: {ckpt} follows a one-cycle schedule of {planned} "
+                               f"steps ({planned // len(train)} epochs); resume with --epochs "
+                               f"{planned // len(train)} or start a new run")
         if main_rank:
             print(f"resumed from {ckpt} after epoch {trainer.epoch}", flush=True)
 
@@ -210,4 +243,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

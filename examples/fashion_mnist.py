@@ -34,6 +34,7 @@ from minidl.train import ModelCheckpoint, PrintEpoch, Trainer
 
 # examples/reporting.py, beside this script, however the script was loaded
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cli  # noqa: E402
 from reporting import report_run  # noqa: E402
 
 # Mean and standard deviation of the Fashion-MNIST training pixels (scaled to [0, 1]).
@@ -43,25 +44,30 @@ STD = (0.3530,)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line (``argv`` defaults to ``sys.argv[1:]``)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = cli.Parser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data-dir", default=os.environ.get("MINIDL_FASHION_MNIST_DIR"),
+                   type=cli.existing_path,
                    help="folder with the Fashion-MNIST IDX files; default: "
                         "$MINIDL_FASHION_MNIST_DIR, then auto-detected (e.g. Debian's "
                         "/usr/share/datasets/fashion-mnist)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--epochs", type=cli.positive_int, default=5)
+    p.add_argument("--batch-size", type=cli.positive_int, default=64)
+    p.add_argument("--lr", type=cli.positive_float, default=1e-3, help="Adam learning rate")
     p.add_argument("--augment", action="store_true",
                    help="random crop (pad 2) + horizontal flip")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--limit", type=int, default=None, help="train on the first N images")
-    p.add_argument("--test-limit", type=int, default=None,
+    p.add_argument("--limit", type=cli.positive_int, default=None,
+                   help="train on the first N images")
+    p.add_argument("--test-limit", type=cli.positive_int, default=None,
                    help="evaluate on N test images, evenly spaced")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/fashion_mnist",
                    help="folder for checkpoints, history, plots")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.npz")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into --out even if it holds an earlier run")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -70,11 +76,15 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the example; returns what it writes to ``result.json``."""
     args = parse_args(argv)
     minidl.manual_seed(args.seed)
-    out = Path(args.out)
+    out = cli.fresh_run_folder(Path(args.out), args.resume, args.overwrite)
+    try:
+        x_train, y_train = load_fashion_mnist(args.data_dir, train=True)
+        x_test, y_test = load_fashion_mnist(args.data_dir, train=False)
+    except cli.DatasetNotFoundError as exc:
+        raise cli.CLIError(f"no Fashion-MNIST found ({args.data_dir or 'auto-detected'}): "
+                           "point --data-dir at the folder with the IDX files, or apt-get "
+                           "install dataset-fashion-mnist") from exc
     out.mkdir(parents=True, exist_ok=True)
-
-    x_train, y_train = load_fashion_mnist(args.data_dir, train=True)
-    x_test, y_test = load_fashion_mnist(args.data_dir, train=False)
     if args.limit:
         x_train, y_train = x_train[: args.limit], y_train[: args.limit]
     if args.test_limit and args.test_limit < len(x_test):
@@ -94,14 +104,18 @@ def main(argv: list[str] | None = None) -> dict:
     model = seed_cnn(num_classes=10, in_channels=1, image_size=28).to(args.device)
     model.summary((1, 1, 28, 28))
     optimizer = optim.Adam(model.parameters(), lr=args.lr)
-    callbacks = [ModelCheckpoint(out), PrintEpoch()]
+    callbacks = [ModelCheckpoint(out, monitor="val_accuracy"), PrintEpoch()]
     trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), callbacks=callbacks,
                       progress=not args.no_progress, log_every=20)
     if args.resume:
         ckpt = out / "last.npz"
         if not ckpt.exists():
-            sys.exit(f"--resume: no checkpoint at {ckpt}")
+            raise cli.CLIError(f"--resume: no checkpoint at {ckpt}")
         trainer.load_checkpoint(ckpt)
+        if trainer.epoch >= args.epochs:
+            raise cli.CLIError(f"--resume: {ckpt} has already trained {trainer.epoch} "
+                               f"epoch(s) and --epochs is {args.epochs}: nothing left to "
+                               "train; pass a larger --epochs to continue")
         print(f"resumed from {ckpt} after epoch {trainer.epoch}", flush=True)
 
     start = time.perf_counter()
@@ -121,4 +135,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

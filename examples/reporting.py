@@ -53,6 +53,13 @@ def report_run(trainer: Trainer, history: History, test: Any, out: str | os.Path
     history.save(out)
     print(f"test loss {final['loss']:.4f}  test accuracy {final['accuracy']:.4f}")
     result = dict(config)
+    val = [(v, e) for e, v in zip(history["epoch"], history["val_accuracy"]) if v is not None]
+    if val:
+        best, best_epoch = max(val, key=lambda t: (t[0], -t[1]))
+        result.update({"best_epoch": int(best_epoch), "best_val_accuracy": float(best)})
+        kept = " (kept as best.npz)" if (out / "best.npz").exists() else ""
+        print(f"best epoch {best_epoch}: val_accuracy {best:.4f}{kept}; last.npz is epoch "
+              f"{history['epoch'][-1]}")
     result.update({
         "test_loss": final["loss"], "test_accuracy": final["accuracy"],
         "train_seconds_this_run": wall_seconds,

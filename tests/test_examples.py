@@ -150,17 +150,84 @@ def test_cifar10_example_augment_resnet_test_limit(cifar10, cifar_dir, tmp_path)
     ckpt = load(out / "last.npz")
     assert ckpt["scheduler"]["total_steps"] == 2  # one-cycle over 1 epoch of 2 batches
     # a one-cycle run cannot be extended by resuming: say so instead of crashing mid-epoch
-    with pytest.raises(SystemExit, match="one-cycle schedule of 2 steps"):
+    with pytest.raises(cifar10.cli.CLIError, match="one-cycle schedule of 2 steps"):
         cifar10.main(["--data-dir", str(cifar_dir), "--limit", "32", "--batch-size", "16",
                       "--model", "resnet9", "--width", "4", "--epochs", "3", "--resume",
                       "--no-progress", "--no-download", "--out", str(out)])
 
 
 def test_cifar10_example_resume_without_checkpoint(cifar10, cifar_dir, tmp_path) -> None:
-    with pytest.raises(SystemExit, match="no checkpoint"):
+    with pytest.raises(cifar10.cli.CLIError, match="no checkpoint"):
         cifar10.main(["--data-dir", str(cifar_dir), "--limit", "32", "--epochs", "1",
                       "--resume", "--no-progress", "--no-download",
                       "--out", str(tmp_path / "empty")])
+
+
+def _command(args: list[str], cwd: Path) -> tuple[int, str]:
+    """Run examples/cifar10.py as a user would; return (exit status, stderr + stdout)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "cifar10.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["--limit", "-5"], "argument --limit: must be at least 1, got -5"),
+    (["--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
+    (["--lr", "-1"], "argument --lr: must be greater than 0"),
+    (["--label-smoothing", "1.5"], "argument --label-smoothing: must be in [0, 1)"),
+    (["--data-dir", "typo/cifar"], "argument --data-dir: no such file or folder: typo/cifar"),
+])
+def test_bad_arguments_are_two_lines_and_touch_nothing(args, message, tmp_path) -> None:
+    code, text = _command([*args, "--out", "run"], tmp_path)
+    assert code == 2 and message in text, text
+    assert "Traceback" not in text and len(text.strip().splitlines()) == 2, text
+    assert list(tmp_path.iterdir()) == []  # no run folder, no data folder, no download
+
+
+def test_expected_errors_are_one_line_with_debug_for_the_traceback(cifar_dir,
+                                                                   tmp_path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, text = _command(["--data-dir", str(empty), "--no-download", "--out", "run"],
+                          tmp_path)
+    assert code == 1 and "no CIFAR-10 in" in text and "--data-dir" in text, text
+    assert "Traceback" not in text and len(text.strip().splitlines()) == 2, text
+    code, text = _command(["--data-dir", str(empty), "--no-download", "--out", "run",
+                           "--debug"], tmp_path)
+    assert code == 1 and "Traceback" in text and "DatasetNotFoundError" in text
+    truncated = tmp_path / "cut" / "cifar-10-batches-bin"
+    truncated.mkdir(parents=True)
+    for f in cifar_dir.iterdir():
+        (truncated / f.name).write_bytes(f.read_bytes()[:-100] if f.suffix == ".bin"
+                                         else f.read_bytes())
+    code, text = _command(["--data-dir", str(truncated), "--no-download", "--out", "run"],
+                          tmp_path)
+    assert code == 1 and "Traceback" not in text and "error:" in text, text
+
+
+def test_runs_never_overwrite_resume_needs_a_fit(cifar10, cifar_dir, tmp_path,
+                                                 capsys) -> None:
+    out = tmp_path / "run"
+    common = ["--data-dir", str(cifar_dir), "--limit", "32", "--batch-size", "16",
+              "--no-progress", "--no-download"]
+    first = cifar10.main([*common, "--epochs", "1", "--out", str(out)])
+    assert (out / "best.npz").exists() and first["best_epoch"] == 1
+    assert "best epoch 1" in capsys.readouterr().out
+    before = (out / "last.npz").read_bytes()
+    cifar10.main([*common, "--epochs", "1", "--out", str(out)])
+    assert "holds an earlier run; this one writes to" in capsys.readouterr().out
+    assert (out / "last.npz").read_bytes() == before and (tmp_path / "run-2" / "last.npz").exists()
+    cifar10.main([*common, "--epochs", "1", "--out", str(out), "--overwrite"])
+    assert not (tmp_path / "run-3").exists()
+    with pytest.raises(cifar10.cli.CLIError, match="nothing left to train; pass a larger --epochs"):
+        cifar10.main([*common, "--epochs", "1", "--out", str(out), "--resume"])
+    with pytest.raises(cifar10.cli.CLIError, match=r"does not fit --model resnet9 .*missing keys"):
+        cifar10.main([*common, "--epochs", "2", "--out", str(out), "--resume",
+                      "--model", "resnet9", "--width", "4", "--schedule", "constant"])
+    capsys.readouterr()
 
 
 @pytest.mark.skipif(not os.environ.get("MINIDL_CIFAR10_DIR"),
