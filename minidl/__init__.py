@@ -7,7 +7,7 @@
 tensor([2., 4., 6.])
 """
 
-from minidl import amp, data, functional, nn, optim
+from minidl import amp, data, distributed, functional, models, nn, optim, train
 from minidl.autograd import (
     Function,
     Tensor,
@@ -34,8 +34,8 @@ functional.setup_tensor()
 __version__ = "0.1.0"
 
 __all__ = [
-    "Device", "Function", "amp", "Tensor", "cuda_is_available", "data", "enable_grad",
-    "from_dlpack", "functional",
+    "Device", "Function", "amp", "Tensor", "cuda_is_available", "data", "distributed",
+    "enable_grad", "from_dlpack", "functional", "models", "train",
     "gradcheck", "gradgradcheck", "is_grad_enabled", "load", "manual_seed", "nn", "no_grad",
     "ones", "optim", "rand", "randn", "save", "set_grad_enabled", "tensor", "zeros",
 ]
