@@ -69,11 +69,25 @@ def _build(net: str):
     return model, optim.SGD(trainable, lr=0.01, momentum=0.9, nesterov=True)
 
 
+def _timed_step(model, opt, x, y, world, reduce: bool) -> tuple[float, float]:
+    """One training step: (its seconds, seconds of it spent in the gradient allreduce)."""
+    from minidl.functional import softmax_cross_entropy
+
+    before = world.stats["seconds"]
+    start = time.perf_counter()
+    loss = softmax_cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    if reduce:
+        model.allreduce_gradients()
+    opt.step()
+    return time.perf_counter() - start, world.stats["seconds"] - before
+
+
 def worker_step(net: str, batch: int, steps: int, distributed: bool) -> None:
     """Time ``steps`` training steps at global ``batch``; rank 0 prints one JSON line."""
     import minidl
     from minidl import distributed as dist
-    from minidl.functional import softmax_cross_entropy
 
     world = dist.init_process_group("mpi") if distributed else dist.get_world()
     local = dist.local_batch_size(batch, world)
@@ -87,17 +101,10 @@ def worker_step(net: str, batch: int, steps: int, distributed: bool) -> None:
     params = sum(p.size for p in model.parameters() if p.requires_grad)  # what is allreduced
     times, comm = [], []
     for k in range(steps + 3):  # 3 warm-up steps (numba compiles, buffers grow)
-        before = world.stats["seconds"]
-        start = time.perf_counter()
-        loss = softmax_cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        if distributed:
-            model.allreduce_gradients()
-        opt.step()
+        t, c = _timed_step(model, opt, x, y, world, distributed)
         if k >= 3:
-            times.append(time.perf_counter() - start)
-            comm.append(world.stats["seconds"] - before)
+            times.append(t)
+            comm.append(c)
     if world.rank == 0:
         print(json.dumps({"step_s": times, "comm_s": comm, "params": int(params)}),
               flush=True)
@@ -110,7 +117,6 @@ def worker_scaling(net: str, batch: int, steps: int, rounds: int) -> None:
     run in the same minutes of a noisy machine. Rank 0 prints one JSON line."""
     import minidl
     from minidl import distributed as dist
-    from minidl.functional import softmax_cross_entropy
 
     world = dist.init_process_group("mpi")
     local = dist.local_batch_size(batch, world)
@@ -126,15 +132,7 @@ def worker_scaling(net: str, batch: int, steps: int, rounds: int) -> None:
     x, y = minidl.Tensor(xs[:local]), minidl.Tensor(ys[:local])
 
     def step(m, o, xb, yb, reduce: bool) -> tuple[float, float]:
-        before = world.stats["seconds"]
-        start = time.perf_counter()
-        loss = softmax_cross_entropy(m(xb), yb)
-        o.zero_grad()
-        loss.backward()
-        if reduce:
-            m.allreduce_gradients()
-        o.step()
-        return time.perf_counter() - start, world.stats["seconds"] - before
+        return _timed_step(m, o, xb, yb, world, reduce)
 
     single, apart, ranks, comm = [], [], [], []
     for r in range(rounds + 1):  # round 0 warms up (numba compiles, buffers grow)

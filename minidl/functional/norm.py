@@ -259,6 +259,15 @@ def batch_norm(
     )
 
 
+def _check_affine(op: str, x: Tensor, weight: Any, bias: Any, shape: tuple[int, ...]) -> None:
+    """The affine parameters of a normalization have ``shape`` and the input's dtype."""
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != shape:
+            raise ValueError(f"{op}: {name} must have shape {shape}, got {p.shape}")
+        if p is not None and p.dtype != x.dtype:
+            raise TypeError(f"{op}: {name} dtype {p.dtype} differs from input dtype {x.dtype}")
+
+
 def layer_norm(
     x: Tensor,
     normalized_shape: int | Sequence[int],
@@ -299,11 +308,7 @@ def layer_norm(
     if k == 0 or x.shape[x.ndim - k:] != shape or x.ndim < k:
         raise ValueError(f"{op}: input shape {x.shape} does not end with normalized_shape "
                          f"{shape}")
-    for name, p in (("weight", weight), ("bias", bias)):
-        if p is not None and p.shape != shape:
-            raise ValueError(f"{op}: {name} must have shape {shape}, got {p.shape}")
-        if p is not None and p.dtype != x.dtype:
-            raise TypeError(f"{op}: {name} dtype {p.dtype} differs from input dtype {x.dtype}")
+    _check_affine(op, x, weight, bias, shape)
     axes = tuple(range(x.ndim - k, x.ndim))
     xc = x - _mean(x, axis=axes, keepdims=True)
     var = _mean(xc * xc, axis=axes, keepdims=True)
@@ -361,11 +366,7 @@ def group_norm(
             or num_groups < 1 or c % num_groups:
         raise ValueError(f"{op}: num_groups must be a positive divisor of the {c} channels, "
                          f"got {num_groups!r}")
-    for name, p in (("weight", weight), ("bias", bias)):
-        if p is not None and p.shape != (c,):
-            raise ValueError(f"{op}: {name} must have shape ({c},), got {p.shape}")
-        if p is not None and p.dtype != x.dtype:
-            raise TypeError(f"{op}: {name} dtype {p.dtype} differs from input dtype {x.dtype}")
+    _check_affine(op, x, weight, bias, (c,))
     n = x.shape[0]
     groups = x.reshape(n, int(num_groups), -1)  # (N, G, C/G * spatial)
     xc = groups - _mean(groups, axis=2, keepdims=True)
