@@ -7,7 +7,9 @@ The network is the Keras CIFAR-10 tutorial's (Conv32-Pool-Conv64-Pool-Dense128-D
 float32, Adam, softmax cross-entropy, on random 3x32x32 batches. For each batch size it
 times, in interleaved rounds (minidl, minidl unfused, the GEMM floor, PyTorch, repeated), a full
 training step (forward, backward, optimizer step) and reports medians and the median of
-the per-round ratios, so that machine noise hits both sides alike. The *GEMM floor* is the
+the per-round ratios, so that machine noise hits both sides alike. PyTorch runs in a
+worker process of its own (torch imported into minidl's process slowed minidl by about
+10%). The *GEMM floor* is the
 time NumPy's own BLAS takes for exactly the matrix products of one step (the im2col-GEMMs of
 both convolutions forward and backward and the two dense layers), on preallocated arrays:
 what a framework that spent nothing outside GEMM would take. minidl runs each
@@ -55,7 +57,7 @@ import minidl  # noqa: E402
 from minidl import nn, optim  # noqa: E402
 from minidl.models import seed_cnn  # noqa: E402
 
-torch = None  # imported in main() unless --no-torch, so minidl's memory is measured alone
+torch = None  # imported only in the PyTorch worker and memory child processes
 
 
 def _import_torch() -> None:
@@ -66,6 +68,13 @@ def _import_torch() -> None:
         return
     torch = _torch
     torch.set_num_threads(THREADS)
+
+
+def _torch_version() -> str | None:
+    # asked of a subprocess: torch is never imported into the process that times minidl
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
+                         capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def _data(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -175,48 +184,90 @@ class GemmFloor:
 def _time(fn, steps: int) -> float:
     # Let the previous runner's idle worker threads (OpenMP, OpenBLAS) stop spinning, so
     # that no framework is timed while another one's threads still burn the cores.
+    # One untimed call then wakes the parked threads and refills the caches that the other
+    # runners evicted, as in a training loop, where steps follow each other.
     time.sleep(0.2)
+    fn()
     t0 = time.perf_counter()
     for _ in range(steps):
         fn()
     return (time.perf_counter() - t0) / steps
 
 
-def bench_batch(batch: int, rounds: int, steps: int, use_torch: bool) -> dict:
+class TorchWorker:
+    """PyTorch in its own process, timed on request, so that it and minidl never share a
+    process: importing torch into minidl's process alone slowed minidl's seed-CNN step by
+    about 10% (its OpenMP runtime and allocator), which a user never sees."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--torch-worker", "--threads",
+             str(THREADS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def time(self, what: str, batch: int, steps: int) -> float:
+        """Seconds per ``what`` ("step" or "infer") at ``batch``, timed in the worker."""
+        self.proc.stdin.write(f"{what} {batch} {steps}\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def _torch_worker() -> None:
+    _import_torch()
+    runners: dict[int, TorchRunner] = {}
+    x_infer, _ = _data(1000, seed=1)
+    for line in sys.stdin:
+        what, batch, steps = line.split()
+        if int(batch) not in runners:
+            runners[int(batch)] = r = TorchRunner(int(batch))
+            for _ in range(3):  # warm-up, as for minidl
+                r.step()
+            r.infer(x_infer)
+        r = runners[int(batch)]
+        fn = r.step if what == "step" else (lambda r=r: r.infer(x_infer))
+        print(_time(fn, int(steps)), flush=True)
+
+
+def bench_batch(batch: int, rounds: int, steps: int, worker: TorchWorker | None) -> dict:
     runners = {"minidl": MinidlRunner(batch), "minidl_unfused": MinidlRunner(batch, False),
                "gemm_floor": GemmFloor(batch)}
-    if use_torch:
-        runners["torch"] = TorchRunner(batch)
     for r in runners.values():  # warm-up: JIT compilation, allocator, caches
         for _ in range(3):
             r.step()
     times: dict[str, list[float]] = {k: [] for k in runners}
+    if worker is not None:
+        times["torch"] = []
     for _ in range(rounds):
         for name, r in runners.items():
             times[name].append(_time(r.step, steps))
+        if worker is not None:
+            times["torch"].append(worker.time("step", batch, steps))
     res = {"batch": batch, "median_ms": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
            "gemm_floor_gflops": runners["gemm_floor"].flops / 1e9}
     md = np.array(times["minidl"])
     res["minidl_over_floor"] = float(np.median(md / np.array(times["gemm_floor"])))
     res["unfused_over_fused"] = float(np.median(np.array(times["minidl_unfused"]) / md))
-    if use_torch:
+    if worker is not None:
         res["minidl_over_torch"] = float(np.median(md / np.array(times["torch"])))
     return res
 
 
-def bench_inference(rounds: int, use_torch: bool) -> dict:
+def bench_inference(rounds: int, worker: TorchWorker | None) -> dict:
     x, _ = _data(1000, seed=1)
-    runners = {"minidl": MinidlRunner(64)}
-    if use_torch:
-        runners["torch"] = TorchRunner(64)
-    for r in runners.values():
-        r.infer(x)
-    times: dict[str, list[float]] = {k: [] for k in runners}
+    r = MinidlRunner(64)
+    r.infer(x)
+    times: dict[str, list[float]] = {"minidl": []}
+    if worker is not None:
+        times["torch"] = []
     for _ in range(rounds):
-        for name, r in runners.items():
-            times[name].append(_time(lambda r=r: r.infer(x), 1))
+        times["minidl"].append(_time(lambda: r.infer(x), 1))
+        if worker is not None:
+            times["torch"].append(worker.time("infer", 64, 1))
     res = {"batch": 1000, "median_ms": {k: 1e3 * float(np.median(v)) for k, v in times.items()}}
-    if use_torch:
+    if worker is not None:
         res["minidl_over_torch"] = float(np.median(np.array(times["minidl"])
                                                    / np.array(times["torch"])))
     return res
@@ -253,30 +304,38 @@ def main() -> None:
     p.add_argument("--json", default=None, help="write results here")
     p.add_argument("--child", choices=("minidl", "torch"), help=argparse.SUPPRESS)
     p.add_argument("--child-steps", type=int, default=40, help=argparse.SUPPRESS)
+    p.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.child == "torch" or (not args.child and not args.no_torch):
-        _import_torch()
+    if args.torch_worker:
+        _torch_worker()
+        return
     if args.child:
+        if args.child == "torch":
+            _import_torch()
         _child(args.child, args.batch_sizes[0], args.child_steps)
         return
-    use_torch = torch is not None
+    version = None if args.no_torch else _torch_version()
+    use_torch = version is not None
+    worker = TorchWorker() if use_torch else None
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} cpus", "threads":
                args.threads, "numpy": np.__version__, "python": platform.python_version(),
-               "torch": torch.__version__ if use_torch else None, "train": [], "date":
-               time.strftime("%Y-%m-%d")}
+               "torch": version, "torch_process": "worker" if use_torch else None,
+               "train": [], "date": time.strftime("%Y-%m-%d")}
     print(f"seed CNN, float32, {args.threads} threads, {args.rounds} rounds x {args.steps} "
           f"steps; torch {results['torch']}")
     print(f"{'batch':>5} {'minidl ms':>10} {'torch ms':>9} {'floor ms':>9} "
           f"{'minidl/torch':>12} {'minidl/floor':>12} {'unfused ms':>10} {'unfused/fused':>13}")
     for b in args.batch_sizes:
-        r = bench_batch(b, args.rounds, args.steps, use_torch)
+        r = bench_batch(b, args.rounds, args.steps, worker)
         results["train"].append(r)
         m = r["median_ms"]
         print(f"{b:>5} {m['minidl']:>10.1f} {m.get('torch', float('nan')):>9.1f} "
               f"{m['gemm_floor']:>9.1f} {r.get('minidl_over_torch', float('nan')):>12.2f} "
               f"{r['minidl_over_floor']:>12.2f} {m['minidl_unfused']:>10.1f} "
               f"{r['unfused_over_fused']:>13.2f}", flush=True)
-    inf = bench_inference(args.rounds, use_torch)
+    inf = bench_inference(args.rounds, worker)
+    if worker is not None:
+        worker.close()
     results["inference"] = inf
     print(f"inference batch 1000: minidl {inf['median_ms']['minidl']:.1f} ms"
           + (f", torch {inf['median_ms']['torch']:.1f} ms, ratio "

@@ -11,9 +11,10 @@ unfused (batch 64 and 256, 2 cores; ``benchmarks/train_step.py`` times both in o
 The fused node replaces three in the autograd graph, so the conv output never exists as a
 Tensor. Anything that must see it turns fusion off for that layer: a forward hook on any
 of the layers does (so ``summary`` still reports every layer), as does a subclass of those
-layers. ``set_fusion(False)`` turns it off everywhere. A conv that runs as Winograd
-(``minidl.kernels.winograd``: 3x3, stride 1, 16+ channels) is not fused either: alone it
-does fewer multiply-adds than the fused op.
+layers. ``set_fusion(False)`` turns it off everywhere. A conv that can run as Winograd
+(``minidl.kernels.winograd``: 3x3, stride 1, 16+ channels) runs alone as Winograd, unfused,
+where that measured faster: 24+ channels and Winograd's 4x4 tiles covering at most 1.3x the
+outputs the pooling reads (``_winograd`` gives the figures).
 
 >>> import minidl
 >>> nn = minidl.nn
@@ -63,14 +64,27 @@ def _plain(m: Module, cls: type) -> bool:
     return type(m) is cls and not m._forward_hooks
 
 
-def _winograd(conv: Conv2d, x: Any) -> bool:
-    # A conv that runs as Winograd is faster alone, followed by its own pooling, than the
-    # fused im2col op: the Winograd GEMMs do 4x fewer multiply-adds than the fused op's
-    # and need no scatter (airbench94 at batch 256: step 583 ms fused, 413 ms unfused).
+def _winograd(conv: Conv2d, pool: MaxPool2d, x: Any) -> bool:
+    # Whether the conv should run alone as Winograd rather than fused with its pooling.
+    # Winograd does fewer multiply-adds and needs no scatter, which wins on padded maps of
+    # 24+ channels (airbench94 at batch 256: step 583 ms fused, 413 ms unfused). The fused
+    # op wins where Winograd's transforms dominate (16 -> 32 channels) or where its 4x4
+    # tiles overhang the outputs the pooling reads: the seed CNN's second conv has 13x13
+    # outputs, the pooling reads 12x12 and Winograd computes 16x16 (2 threads, conv + pool
+    # forward and backward at batch 64: fused 13.5 ms, Winograd 19.2 ms; seed CNN step
+    # 20 ms fused, 25 ms with Winograd).
     conv.check_input(x)  # the layer's own errors first, as when it runs alone
     geo = K.conv2d_geometry(x.shape, conv.weight.shape, conv.stride, conv.padding,
                             conv.dilation, conv.groups)
-    return K.winograd_applies(geo, x.data)
+    if not K.winograd_applies(geo, x.data):
+        return False
+    if K.get_conv_algorithm() == "winograd":
+        return True
+    read = [(o - k) // s * s + k if o >= k else o  # rows/columns some window reads
+            for o, k, s in zip((geo.oh, geo.ow), pool.kernel_size, pool.stride)]
+    tiles = [-(-o // 4) * 4 for o in (geo.oh, geo.ow)]
+    overhang = (tiles[0] * tiles[1]) / (read[0] * read[1])
+    return min(geo.c, geo.oc) >= 24 and overhang <= 1.3
 
 
 def run(modules: list[Module], x: Any) -> Any:
@@ -82,7 +96,7 @@ def run(modules: list[Module], x: Any) -> Any:
             j, relu = i + 1, m.activation == "relu"
             if not relu and j < n and _plain(modules[j], ReLU):
                 j, relu = j + 1, True
-            if j < n and _plain(modules[j], MaxPool2d) and not _winograd(m, x):
+            if j < n and _plain(modules[j], MaxPool2d) and not _winograd(m, modules[j], x):
                 pool = modules[j]
                 x = F.conv2d_max_pool2d(
                     x, m.weight, m.bias, stride=m.stride, padding=m.padding,

@@ -243,16 +243,22 @@ def test_retained_graph_keeps_the_fast_path_and_frees_after():
     assert node.cols is None               # freed with the graph
 
 
-def test_sequential_leaves_winograd_convs_unfused():
-    # a conv that runs as Winograd is cheaper alone than inside the fused im2col op
+@pytest.mark.parametrize("c, hw, padding, fused", [
+    (32, 8, 1, False),   # padded 8x8 maps, 32 channels: Winograd alone is faster
+    (16, 8, 1, True),    # 16 channels: Winograd's transforms dominate, fuse
+    (32, 15, 0, True),   # the seed CNN's 13x13 outputs: 16x16 tiles for 12x12 pooled, fuse
+])
+def test_sequential_fuses_unless_winograd_is_faster(c, hw, padding, fused):
     from minidl.kernels import set_conv_algorithm
 
-    net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.MaxPool2d(2))
-    x = minidl.randn(2, 16, 8, 8)
+    net = nn.Sequential(nn.Conv2d(c, c, 3, padding=padding), nn.MaxPool2d(2))
+    x = minidl.randn(2, c, hw, hw)
     old = set_conv_algorithm("auto")
     try:
-        assert net(x).grad_fn.name == "MaxPool2d"
+        assert net(x).grad_fn.name == ("Conv2dMaxPool2d" if fused else "MaxPool2d")
         set_conv_algorithm("im2col")
         assert net(x).grad_fn.name == "Conv2dMaxPool2d"
+        set_conv_algorithm("winograd")     # forced: every eligible conv runs as Winograd
+        assert net(x).grad_fn.name == "MaxPool2d"
     finally:
         set_conv_algorithm(old)
