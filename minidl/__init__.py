@@ -7,7 +7,7 @@
 tensor([2., 4., 6.])
 """
 
-from minidl import amp, data, distributed, functional, models, nn, optim, train
+from minidl import amp, data, distributed, functional, models, nn, optim, privacy, train
 from minidl.autograd import (
     Function,
     Tensor,
@@ -35,7 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Device", "Function", "amp", "Tensor", "cuda_is_available", "data", "distributed",
-    "enable_grad", "from_dlpack", "functional", "models", "train",
+    "enable_grad", "from_dlpack", "functional", "models", "privacy", "train",
     "gradcheck", "gradgradcheck", "is_grad_enabled", "load", "manual_seed", "nn", "no_grad",
     "ones", "optim", "rand", "randn", "save", "set_grad_enabled", "tensor", "zeros",
 ]

@@ -34,7 +34,8 @@ def _save(fig: Any, path: str | os.PathLike | None) -> None:
 
 def training_curves(history: Any, path: str | os.PathLike | None = None) -> Any:
     """Loss and accuracy per epoch, train vs validation, from a ``History`` (or its list
-    of epoch dicts).
+    of epoch dicts); a third panel shows the privacy spent when the rows have ``epsilon``
+    (DP training, ``minidl.privacy``).
 
     Args:
         history: a ``minidl.train.History`` or a list of dicts with ``epoch``, ``loss``,
@@ -42,7 +43,7 @@ def training_curves(history: Any, path: str | os.PathLike | None = None) -> Any:
         path: where to save the PNG; None only returns the figure.
 
     Returns:
-        The matplotlib ``Figure`` (two panels).
+        The matplotlib ``Figure`` (two panels, or three with ``epsilon``).
 
     >>> import matplotlib.pyplot as plt
     >>> fig = training_curves([{"epoch": 1, "loss": 2.0, "accuracy": 0.3},
@@ -54,7 +55,14 @@ def training_curves(history: Any, path: str | os.PathLike | None = None) -> Any:
     if not rows:
         raise ValueError("training_curves: the history is empty")
     epochs = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    private = any("epsilon" in r for r in rows)
+    fig, axes = plt.subplots(1, 3 if private else 2, figsize=(15 if private else 10, 3.8))
+    if private:
+        ax = axes[2]
+        ax.plot(epochs, [r.get("epsilon") for r in rows], "o-", color="tab:red")
+        ax.set_xlabel("epoch")
+        ax.set_title("privacy spent (epsilon)")
+        ax.grid(alpha=0.3)
     for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
         ax.plot(epochs, [r.get(key) for r in rows], "o-", label="train")
         if any(f"val_{key}" in r for r in rows):

@@ -305,26 +305,31 @@ class DataLoader:
 
     def _batches(self, epoch: int) -> Iterator[tuple]:
         order = self.epoch_order(epoch)
-        get_batch = getattr(self.dataset, "get_batch", None)
-        stream = () if self.sampler is None else tuple(self.sampler.stream)
         n = len(order)
         steps = n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
         for b in range(steps):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            if get_batch is not None:
-                fields = get_batch(idx)
-            else:
-                fields = _stack_items([self.dataset[int(i)] for i in idx], "DataLoader")
-            if not isinstance(fields, tuple):
-                fields = (fields,)
-            fields = [to_device(f, self.device) for f in fields]
-            if self.transform is not None:
-                rng = np.random.default_rng([self.seed, epoch, b, *stream])
-                info = BatchInfo(idx, epoch, self.seed)
-                fields[0] = _call(self.transform, fields[0], rng, info)
-            if self.as_tensor:
-                fields = [Tensor(f, requires_grad=False) for f in fields]
-            yield tuple(fields)
+            yield self._make_batch(order[b * self.batch_size:(b + 1) * self.batch_size],
+                                   epoch, b)
+
+    def _make_batch(self, idx: np.ndarray, epoch: int, b: int) -> tuple:
+        """Read the samples ``idx`` as batch ``b`` of ``epoch``: fetch, move to the device,
+        transform the first field with the batch's generator, wrap as Tensors."""
+        get_batch = getattr(self.dataset, "get_batch", None)
+        if get_batch is not None:
+            fields = get_batch(idx)
+        else:
+            fields = _stack_items([self.dataset[int(i)] for i in idx], "DataLoader")
+        if not isinstance(fields, tuple):
+            fields = (fields,)
+        fields = [to_device(f, self.device) for f in fields]
+        if self.transform is not None and len(idx):
+            stream = () if self.sampler is None else tuple(self.sampler.stream)
+            rng = np.random.default_rng([self.seed, epoch, b, *stream])
+            info = BatchInfo(idx, epoch, self.seed)
+            fields[0] = _call(self.transform, fields[0], rng, info)
+        if self.as_tensor:
+            fields = [Tensor(f, requires_grad=False) for f in fields]
+        return tuple(fields)
 
     def __repr__(self) -> str:
         return (

@@ -524,6 +524,11 @@ class Trainer:
         groups = getattr(self.optimizer, "param_groups", None)
         if groups:
             logs["lr"] = float(groups[0]["lr"])
+        # an optimizer may report metrics of its own each epoch: minidl.privacy's
+        # DPOptimizer reports the privacy spent, {"epsilon": ...}
+        extra = getattr(self.optimizer, "epoch_metrics", None)
+        if callable(extra):
+            logs.update(extra())
         return logs
 
     def evaluate(self, loader: Batches, desc: str = "evaluate", batch_size: int = 256,
