@@ -320,6 +320,90 @@ def layer_norm(
     return y
 
 
+def _grouped(a: Any, groups: int) -> tuple[Any, Any]:
+    """``a`` (N, C, *spatial) as (N, G, C/G, S) blocks, one per (sample, group), in C order
+    (a copy for other layouts: NumPy's reductions over a channels-last array's strided
+    group axes took 7x as long as the copy plus C-order reductions), and the function
+    taking a same-shaped array back to (N, C, *spatial)."""
+    n, c = a.shape[:2]
+    a = backend.get_array_module(a).ascontiguousarray(a)
+    shape = a.shape
+    return a.reshape(n, groups, c // groups, -1), lambda v: v.reshape(shape)
+
+
+class GroupNormFunction(Function):
+    """``y = xhat * weight + bias`` with ``xhat`` normalized over each (sample, group):
+    one op instead of the dozen elementary ones its formula takes.
+
+    Backward, per (sample, group) of ``M = C/G * S`` values (like batch norm's per channel):
+    ``gx = inv_std * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat))`` with ``gxhat =
+    gy * weight``; ``gw = sum(gy * xhat)``, ``gb = sum(gy)`` over samples and positions.
+    While a graph is being recorded (double backward) the same formula runs on
+    differentiable ops, with ``xhat`` rebuilt from ``x``, so higher derivatives are exact.
+
+    Options: ``groups``, ``eps``.
+    """
+
+    def forward(self, x: Any, weight: Any = None, bias: Any = None) -> Any:
+        v, back = _grouped(x, self.groups)
+        mean = v.mean(axis=(2, 3), keepdims=True)
+        xc = v - mean
+        var = (xc * xc).mean(axis=(2, 3), keepdims=True)
+        inv_std = (1.0 / backend.get_array_module(x).sqrt(var + self.eps)).astype(x.dtype)
+        self.save_for_backward(mean, inv_std)
+        xc *= inv_std
+        if weight is not None:
+            pshape = (1, self.groups, -1, 1)
+            xc *= weight.reshape(pshape)
+            xc += bias.reshape(pshape)
+        return back(xc)
+
+    def backward(self, gy: Tensor) -> tuple:
+        x = self.inputs[0]
+        affine = len(self.inputs) == 3
+        if is_grad_enabled():
+            return self._graph_backward(gy)
+        mean, inv_std = self.saved
+        v, back = _grouped(x.data, self.groups)
+        gv, _ = _grouped(gy.data, self.groups)
+        xhat = (v - mean) * inv_std
+        grads: list = []
+        gxhat = gv * self.inputs[1].data.reshape(1, self.groups, -1, 1) if affine else gv
+        if self.needs_input_grad[0]:
+            gx = gxhat - gxhat.mean(axis=(2, 3), keepdims=True)
+            gx -= xhat * (gxhat * xhat).mean(axis=(2, 3), keepdims=True)
+            gx *= inv_std
+            grads.append(Tensor._make(back(gx), False))
+        else:
+            grads.append(None)
+        if affine:  # per-channel sums over the samples and positions
+            c = x.shape[1]
+            grads.append(Tensor._make((gv * xhat).sum(axis=(0, 3)).reshape(c), False))
+            grads.append(Tensor._make(gv.sum(axis=(0, 3)).reshape(c), False))
+        return tuple(grads)
+
+    def _graph_backward(self, gy: Tensor) -> tuple:
+        x = self.inputs[0]
+        n, c = x.shape[:2]
+        g = self.groups
+        xg = x.reshape(n, g, -1)
+        xc = xg - _mean(xg, axis=2, keepdims=True)
+        inv_std = 1.0 / sqrt(_mean(xc * xc, axis=2, keepdims=True) + self.eps)
+        xhat = xc * inv_std
+        pshape = (1, c) + (1,) * (x.ndim - 2)
+        gyg = gy.reshape(n, g, -1)
+        gxhat = gy * self.inputs[1].reshape(pshape) if len(self.inputs) == 3 else gy
+        gxhat = gxhat.reshape(n, g, -1)
+        gx = inv_std * (gxhat - _mean(gxhat, axis=2, keepdims=True)
+                        - xhat * _mean(gxhat * xhat, axis=2, keepdims=True))
+        out = [gx.reshape(x.shape)]
+        if len(self.inputs) == 3:
+            red = (0,) + tuple(range(2, x.ndim))
+            out.append(_sum((gyg * xhat).reshape(x.shape), axis=red))
+            out.append(_sum(gy, axis=red))
+        return tuple(out)
+
+
 def group_norm(
     x: Tensor,
     num_groups: int,
@@ -335,8 +419,8 @@ def group_norm(
     ``y = xhat * weight[c] + bias[c]``. No statistic mixes samples, so it behaves the same
     in training and evaluation and at any batch size (the batch-norm replacement for
     per-example training such as DP-SGD). ``G = 1`` is layer norm over ``(C, *spatial)``
-    with per-channel affine parameters; ``G = C`` is instance norm. Built from
-    differentiable ops, so any order of derivative works.
+    with per-channel affine parameters; ``G = C`` is instance norm. One op
+    (``GroupNormFunction``) with a fused backward; any order of derivative works.
 
     Args:
         x: ``(N, C)`` or ``(N, C, *spatial)``.
@@ -367,17 +451,12 @@ def group_norm(
         raise ValueError(f"{op}: num_groups must be a positive divisor of the {c} channels, "
                          f"got {num_groups!r}")
     _check_affine(op, x, weight, bias, (c,))
-    n = x.shape[0]
-    groups = x.reshape(n, int(num_groups), -1)  # (N, G, C/G * spatial)
-    xc = groups - _mean(groups, axis=2, keepdims=True)
-    var = _mean(xc * xc, axis=2, keepdims=True)
-    y = (xc / sqrt(var + float(eps))).reshape(x.shape)
-    pshape = (1, c) + (1,) * (x.ndim - 2)
-    if weight is not None:
-        y = y * weight.reshape(pshape)
-    if bias is not None:
-        y = y + bias.reshape(pshape)
-    return y
+    args = (x,) if weight is None and bias is None else (
+        x, weight if weight is not None else _const(backend.get_array_module(x.data).ones(
+            c, x.dtype)),
+        bias if bias is not None else _const(backend.get_array_module(x.data).zeros(
+            c, x.dtype)))
+    return GroupNormFunction.apply(*args, groups=int(num_groups), eps=float(eps))
 
 
 def dropout(

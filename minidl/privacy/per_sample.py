@@ -105,31 +105,46 @@ def _conv_terms(m: Conv2d, x: Any, y: Any, g: Any) -> list:
     return terms
 
 
-def _affine_terms(m: Module, xhat: Any, g: Any, reduce_axes: tuple) -> list:
+def _affine_terms(m: Module, y: Any, g: Any, reduce_axes: tuple, xhat: Any) -> list:
+    """Per-example gradients of a normalization's ``weight`` (``sum(g * xhat)``) and
+    ``bias`` (``sum(g)``), sums over ``reduce_axes`` (the positions); ``xhat()`` rebuilds
+    the normalized input from ``x``.
+
+    When the layer has a bias and no zero in its weight, ``xhat = (y - bias) / weight``
+    turns the weight's sum into ``(sum(g * y) - bias * sum(g)) / weight``: one pass over
+    ``g * y`` instead of re-running the normalization (sums accumulated in float64)."""
+    xp = backend.get_array_module(g)
+    gb = g.sum(axis=reduce_axes, dtype=np.float64)
     terms = []
     if m.weight is not None and m.weight.requires_grad:
-        terms.append(_Direct(m.weight, (g * xhat).sum(axis=reduce_axes)))
+        w = m.weight.data
+        if m.bias is not None and bool(xp.all(w != 0)):
+            gw = ((g * y).sum(axis=reduce_axes, dtype=np.float64) - m.bias.data * gb) / w
+        else:
+            gw = (g * xhat()).sum(axis=reduce_axes, dtype=np.float64)
+        terms.append(_Direct(m.weight, gw.astype(g.dtype)))
     if m.bias is not None and m.bias.requires_grad:
-        terms.append(_Direct(m.bias, g.sum(axis=reduce_axes)))
+        terms.append(_Direct(m.bias, gb.astype(g.dtype)))
     return terms
 
 
+def _normalized(x: Any, axes: tuple, eps: float) -> Any:
+    xc = x - x.mean(axis=axes, keepdims=True)
+    return xc / backend.get_array_module(x).sqrt((xc * xc).mean(axis=axes, keepdims=True)
+                                                 + eps)
+
+
 def _group_norm_terms(m: GroupNorm, x: Any, y: Any, g: Any) -> list:
-    b, c = x.shape[:2]
-    xg = x.reshape(b, m.num_groups, -1)
-    mean = xg.mean(axis=2, keepdims=True)
-    var = ((xg - mean) ** 2).mean(axis=2, keepdims=True)
-    xhat = ((xg - mean) / backend.get_array_module(x).sqrt(var + m.eps)).reshape(x.shape)
-    return _affine_terms(m, xhat, g, tuple(range(2, x.ndim)))
+    def xhat() -> Any:
+        return _normalized(x.reshape(x.shape[0], m.num_groups, -1), (2,), m.eps) \
+            .reshape(x.shape)
+    return _affine_terms(m, y, g, tuple(range(2, x.ndim)), xhat)
 
 
 def _layer_norm_terms(m: LayerNorm, x: Any, y: Any, g: Any) -> list:
     k = len(m.normalized_shape)
-    axes = tuple(range(x.ndim - k, x.ndim))
-    mean = x.mean(axis=axes, keepdims=True)
-    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
-    xhat = (x - mean) / backend.get_array_module(x).sqrt(var + m.eps)
-    return _affine_terms(m, xhat, g, tuple(range(1, x.ndim - k)))
+    return _affine_terms(m, y, g, tuple(range(1, x.ndim - k)),
+                         lambda: _normalized(x, tuple(range(x.ndim - k, x.ndim)), m.eps))
 
 
 # The layers with a per-sample rule: the map from a layer's input x, output y and output
@@ -252,6 +267,7 @@ class PerSampleGradients:
         self.paths: dict[str, str] = {}
         self._records: list[tuple[Module, Any, Tensor]] = []
         self._terms: list | None = None
+        self._scale = 1.0
         self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
 
     def _hook(self, module: Module, inputs: tuple, output: Any) -> None:
@@ -293,8 +309,6 @@ class PerSampleGradients:
             if out.grad is None:  # a forward pass that was never differentiated
                 continue
             g = out.grad.data
-            if self.loss_reduction == "mean":
-                g = g * float(x.shape[0])
             for t in _rule(m)(m, x, out.data, g):
                 by_param.setdefault(id(t.param), []).append((m, t))
         terms = []
@@ -314,6 +328,9 @@ class PerSampleGradients:
             raise ValueError(f"PerSampleGradients: the recorded layer calls saw different "
                              f"batch sizes {sorted(sizes)}; run one forward and one backward "
                              "per step (call clear() after a forward pass you do not use)")
+        # A mean loss leaves 1/B of each example's own gradient in the output gradients:
+        # every per-example quantity below is linear in them, so multiply by B at the end.
+        self._scale = float(sizes.pop()) if sizes and self.loss_reduction == "mean" else 1.0
         self._terms = terms
         return terms
 
@@ -336,7 +353,7 @@ class PerSampleGradients:
             else:
                 sq = (t.grads.reshape(t.grads.shape[0], -1).astype(np.float64) ** 2).sum(1)
             total = total + sq
-        return backend.get_array_module(total).sqrt(total)
+        return backend.get_array_module(total).sqrt(total) * self._scale
 
     def per_sample_grads(self) -> dict[int, Any]:
         """Materialised per-example gradients, ``{id(param): (B, *param.shape)}``: for tests
@@ -345,16 +362,18 @@ class PerSampleGradients:
         for _, t in self._collect():
             if isinstance(t, _Outer):
                 _, grads = _outer_norms_sq(t, "per-sample")
-                out[id(t.param)] = _to_param_layout(grads, t.param.shape)
+                out[id(t.param)] = _to_param_layout(grads, t.param.shape) * self._scale
             else:
-                out[id(t.param)] = t.grads
+                out[id(t.param)] = t.grads * self._scale
         return out
 
     def clipped_sum(self, scale: Any) -> dict[int, Any]:
         """``sum_i scale[i] * grad_i`` for every parameter, ``{id(param): array}``; ``scale``
         (B,) is each example's clip factor ``min(1, C / norm_i)``."""
         out = {}
-        for _, t in self._collect():
+        terms = self._collect()
+        scale = scale * self._scale
+        for _, t in terms:
             w = t.param
             c = scale.astype(w.data.dtype)
             if isinstance(t, _Outer) and t.grads is not None:

@@ -1,0 +1,135 @@
+"""Train a CNN on CIFAR-10 with differential privacy (DP-SGD, ``minidl.privacy``).
+
+    python examples/cifar10_dp.py --data-dir ../shared/datasets/cifar-10-batches-bin \\
+        --target-epsilon 8
+
+The recipe is one suited to DP-SGD (see docs/privacy.md): a small GroupNorm CNN
+(``minidl.models.dp_cnn``: no batch norm, which mixes examples), large logical batches drawn
+by Poisson sampling (1024 expected, processed in physical chunks of 256), per-example
+clipping to a small norm (0.1) with SGD-momentum at a correspondingly large learning rate
+(Tramer & Boneh 2021's setting), and the noise multiplier computed so that the whole run
+spends ``--target-epsilon`` at ``--delta`` (RDP accountant by default). Epsilon is logged
+after every epoch (history, progress line, plots). Everything goes to ``--out`` as with
+``examples/cifar10.py``. Needs the ``privacy`` extra: ``pip install -e ".[privacy]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import minidl
+from minidl import nn, optim, privacy
+from minidl.data import DataLoader, load_cifar10
+from minidl.data import transforms as T
+from minidl.data.datasets import CIFAR10_CLASSES
+from minidl.models import dp_cnn
+from minidl.train import PrintEpoch, Trainer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cli  # noqa: E402
+from reporting import report_run  # noqa: E402
+
+MEAN = (0.4914, 0.4822, 0.4465)  # public per-channel statistics (not read from the data)
+STD = (0.2470, 0.2435, 0.2616)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = cli.Parser(description="DP-SGD on CIFAR-10 with minidl")
+    p.add_argument("--data-dir", default=os.environ.get("MINIDL_CIFAR10_DIR"),
+                   help="folder with the CIFAR-10 batches (default: $MINIDL_CIFAR10_DIR, "
+                        "else download to the cache)")
+    p.add_argument("--target-epsilon", type=cli.positive_float, default=8.0,
+                   help="privacy budget of the whole run (the noise is calibrated to it)")
+    p.add_argument("--noise-multiplier", type=cli.positive_float, default=None,
+                   help="use this sigma instead of calibrating to --target-epsilon")
+    p.add_argument("--delta", type=cli.positive_float, default=1e-5)
+    p.add_argument("--accountant", choices=("rdp", "pld"), default="rdp")
+    p.add_argument("--epochs", type=cli.positive_int, default=30)
+    p.add_argument("--batch-size", type=cli.positive_int, default=1024,
+                   help="expected logical batch (Poisson sampling)")
+    p.add_argument("--physical-batch-size", type=cli.positive_int, default=256)
+    p.add_argument("--max-grad-norm", type=cli.positive_float, default=0.1)
+    p.add_argument("--lr", type=cli.positive_float, default=4.0)
+    p.add_argument("--momentum", type=cli.fraction, default=0.9)
+    p.add_argument("--width", type=cli.positive_int, default=32)
+    p.add_argument("--limit", type=cli.positive_int, default=None,
+                   help="train on the first N images only (a quick try; epsilon is then "
+                        "that of the smaller data set)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/cifar10_dp")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    p.add_argument("--no-download", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    minidl.manual_seed(args.seed)
+    out = cli.fresh_run_folder(Path(args.out), False, args.overwrite)
+    try:
+        x_train, y_train = load_cifar10(args.data_dir, train=True,
+                                        download=not args.no_download)
+        x_test, y_test = load_cifar10(args.data_dir, train=False,
+                                      download=not args.no_download)
+    except cli.DatasetNotFoundError as exc:
+        raise cli.CLIError(f"no CIFAR-10 in {args.data_dir or 'the cache folder'}: point "
+                           "--data-dir at the folder holding cifar-10-batches-bin/") from exc
+    if args.limit:
+        x_train, y_train = x_train[: args.limit], y_train[: args.limit]
+        x_test, y_test = x_test[: max(args.limit, 1000)], y_test[: max(args.limit, 1000)]
+    n = len(x_train)
+    if args.delta >= 1 / n:
+        raise cli.CLIError(f"--delta {args.delta:g} must be below 1/N = {1 / n:.3g} for "
+                           f"{n} training images")
+    if args.batch_size > n:
+        raise cli.CLIError(f"--batch-size {args.batch_size} exceeds the {n} training images")
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"CIFAR-10: {n} train / {len(x_test)} test images", flush=True)
+
+    to_input = T.Compose([T.ToFloat(), T.Normalize(MEAN, STD)])
+    train = DataLoader((x_train, y_train), batch_size=args.batch_size, seed=args.seed,
+                       transform=to_input, prefetch=2)
+    test = DataLoader((x_test, y_test), batch_size=1000, transform=to_input)
+    model = dp_cnn(width=args.width)
+    optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    budget = ({"noise_multiplier": args.noise_multiplier} if args.noise_multiplier
+              else {"target_epsilon": args.target_epsilon, "epochs": args.epochs})
+    model, optimizer, train = privacy.make_private(
+        model, optimizer, train, max_grad_norm=args.max_grad_norm, target_delta=args.delta,
+        max_physical_batch_size=args.physical_batch_size, accountant=args.accountant,
+        seed=args.seed, **budget)
+    print(f"DP-SGD: noise multiplier {optimizer.noise_multiplier:.4f}, clip norm "
+          f"{args.max_grad_norm:g}, sample rate {train.sample_rate:.5f} "
+          f"({train.steps_per_epoch} steps/epoch), delta {args.delta:g}", flush=True)
+    model.summary((1, 3, 32, 32))
+    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), callbacks=[PrintEpoch()],
+                      progress=not args.no_progress, log_every=20)
+    start = time.perf_counter()
+    history = trainer.fit(train, epochs=args.epochs, validation=test)
+    wall = time.perf_counter() - start
+    config = {
+        "command": " ".join([Path(__file__).name] + (list(argv) if argv is not None
+                                                      else sys.argv[1:])),
+        "model": f"dp_cnn(width={args.width})", "epochs": args.epochs,
+        "expected_batch_size": args.batch_size, "physical_batch_size":
+        args.physical_batch_size, "lr": args.lr, "momentum": args.momentum,
+        "max_grad_norm": args.max_grad_norm, "noise_multiplier": optimizer.noise_multiplier,
+        "target_epsilon": None if args.noise_multiplier else args.target_epsilon,
+        "delta": args.delta, "accountant": args.accountant, "seed": args.seed,
+        "limit": args.limit, "test_images": len(x_test),
+        "epsilon": optimizer.epoch_metrics()["epsilon"], "dp_steps": optimizer.steps,
+    }
+    result = report_run(trainer, history, test, out, config, wall, CIFAR10_CLASSES, x_test,
+                        y_test)
+    print(f"epsilon spent: {config['epsilon']:.3f} at delta {args.delta:g}", flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    cli.run(main)
