@@ -10,7 +10,8 @@ clipping to a small norm (0.1) with SGD-momentum at a correspondingly large lear
 (Tramer & Boneh 2021's setting), and the noise multiplier computed so that the whole run
 spends ``--target-epsilon`` at ``--delta`` (RDP accountant by default). Epsilon is logged
 after every epoch (history, progress line, plots). Everything goes to ``--out`` as with
-``examples/cifar10.py``. Needs the ``privacy`` extra: ``pip install -e ".[privacy]"``.
+``examples/cifar10.py`` (checkpoints each epoch; ``--resume`` continues a run exactly, its
+epsilon included). Needs the ``privacy`` extra: ``pip install -e ".[privacy]"``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from minidl.data import DataLoader, load_cifar10
 from minidl.data import transforms as T
 from minidl.data.datasets import CIFAR10_CLASSES
 from minidl.models import dp_cnn
-from minidl.train import PrintEpoch, Trainer
+from minidl.train import ModelCheckpoint, PrintEpoch, Trainer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cli  # noqa: E402
@@ -61,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "that of the smaller data set)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/cifar10_dp")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.npz "
+                   "(the accountant, noise stream and sampling resume with it)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     p.add_argument("--no-download", action="store_true")
@@ -71,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     minidl.manual_seed(args.seed)
-    out = cli.fresh_run_folder(Path(args.out), False, args.overwrite)
+    out = cli.fresh_run_folder(Path(args.out), args.resume, args.overwrite)
     try:
         x_train, y_train = load_cifar10(args.data_dir, train=True,
                                         download=not args.no_download)
@@ -108,8 +111,30 @@ def main(argv: list[str] | None = None) -> dict:
           f"{args.max_grad_norm:g}, sample rate {train.sample_rate:.5f} "
           f"({train.steps_per_epoch} steps/epoch), delta {args.delta:g}", flush=True)
     model.summary((1, 3, 32, 32))
-    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), callbacks=[PrintEpoch()],
+    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(),
+                      callbacks=[ModelCheckpoint(out, monitor="val_accuracy"), PrintEpoch()],
                       progress=not args.no_progress, log_every=20)
+    if args.resume:
+        ckpt = out / "last.npz"
+        if not ckpt.exists():
+            raise cli.CLIError(f"--resume: no checkpoint at {ckpt}")
+        try:
+            trainer.load_checkpoint(ckpt)
+        except (ValueError, KeyError) as exc:
+            raise cli.CLIError(f"--resume: {ckpt} does not fit these options ({exc}); resume "
+                               "with the options of that run") from None
+        if trainer.epoch >= args.epochs:
+            raise cli.CLIError(f"--resume: {ckpt} has already trained {trainer.epoch} "
+                               f"epoch(s) and --epochs is {args.epochs}")
+        before = optimizer.saved_noise_multiplier
+        if before is not None and abs(before - optimizer.noise_multiplier) > 1e-12:
+            raise cli.CLIError(
+                f"--resume: that run's noise multiplier ({before:.4f}) was calibrated to "
+                f"its own --epochs; this one calibrates {optimizer.noise_multiplier:.4f}. "
+                f"Resume with that run's --epochs, or pass --noise-multiplier {before:.4f} "
+                "to continue past its budget (the epsilon then logged says how far)")
+        print(f"resumed from {ckpt} after epoch {trainer.epoch} (epsilon so far "
+              f"{optimizer.epoch_metrics()['epsilon']:.3f})", flush=True)
     start = time.perf_counter()
     history = trainer.fit(train, epochs=args.epochs, validation=test)
     wall = time.perf_counter() - start

@@ -274,3 +274,50 @@ def test_fashion_mnist_example_data_dir_from_env(tmp_path, monkeypatch, capsys) 
                            "--no-progress", "--out", str(tmp_path / "run")])
     assert result["train_images"] == 40 and result["test_images"] == 10
     assert "40 train / 10 test" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------ CIFAR-10 with DP
+
+
+def test_cifar10_dp_example_runs_resumes_and_reports_epsilon(cifar_dir, tmp_path,
+                                                             capsys) -> None:
+    pytest.importorskip("dp_accounting")
+    dp = load_example("cifar10_dp")
+    out = tmp_path / "run"
+    common = ["--data-dir", str(cifar_dir), "--batch-size", "50", "--physical-batch-size",
+              "32", "--delta", "1e-3", "--target-epsilon", "4", "--no-progress",
+              "--no-download", "--out", str(out)]
+    first = dp.main(common + ["--epochs", "2"])
+    text = capsys.readouterr().out
+    assert "DP-SGD: noise multiplier" in text and "epsilon" in text
+    history = json.loads((out / "history.json").read_text())
+    eps = [r["epsilon"] for r in history]
+    assert 0 < eps[0] < eps[1] <= 4.0 + 1e-9        # the budget of the whole run, spent
+    assert first["epsilon"] == eps[-1] and first["dp_steps"] == 2 * 4   # round(200 / 50)
+    # sigma was calibrated to a 2-epoch budget: a longer resume must say so, not overspend
+    with pytest.raises(Exception, match=r"calibrated to its own --epochs.*--noise-multiplier"):
+        dp.main(common + ["--epochs", "3", "--resume"])
+    capsys.readouterr()
+
+
+def test_cifar10_dp_example_resume_is_exact(cifar_dir, tmp_path, capsys) -> None:
+    pytest.importorskip("dp_accounting")
+    dp = load_example("cifar10_dp")
+    common = ["--data-dir", str(cifar_dir), "--batch-size", "50", "--physical-batch-size",
+              "32", "--delta", "1e-3", "--noise-multiplier", "1.0", "--no-progress",
+              "--no-download"]
+    out = tmp_path / "run"
+    dp.main(common + ["--out", str(out), "--epochs", "1"])
+    resumed = dp.main(common + ["--out", str(out), "--epochs", "2", "--resume"])
+    straight = dp.main(common + ["--out", str(tmp_path / "straight"), "--epochs", "2"])
+    assert resumed["test_loss"] == straight["test_loss"]
+    assert resumed["epsilon"] == straight["epsilon"]
+    capsys.readouterr()
+
+
+def test_cifar10_dp_example_refuses_a_large_delta(cifar_dir, tmp_path) -> None:
+    pytest.importorskip("dp_accounting")
+    dp = load_example("cifar10_dp")
+    with pytest.raises(Exception, match=r"--delta 0.01 must be below 1/N = 0.005"):
+        dp.main(["--data-dir", str(cifar_dir), "--delta", "0.01", "--no-download",
+                 "--out", str(tmp_path / "r")])

@@ -90,6 +90,8 @@ class DPOptimizer:
         self.last_norms: Any = None
         self.last_clipped_fraction = 0.0
         self._summed: dict[int, Any] | None = None
+        # what a loaded checkpoint's run used (the accountant counts its steps at that sigma)
+        self.saved_noise_multiplier: float | None = None
         trainable = {id(p) for g in optimizer.param_groups for p in g["params"]
                      if p.requires_grad}
         missing = trainable - {id(p) for p in per_sample.params}
@@ -166,6 +168,8 @@ class DPOptimizer:
         """The wrapped optimizer's state plus the DP state (steps, noise seed, accountant)."""
         sd = self.optimizer.state_dict()
         sd["dp"] = {"steps": self.steps, "seed": self.seed,
+                    "noise_multiplier": self.noise_multiplier,
+                    "max_grad_norm": self.max_grad_norm,
                     "accountant": None if self.accountant is None
                     else self.accountant.state_dict()}
         return sd
@@ -178,6 +182,7 @@ class DPOptimizer:
                              "was saved by a plain optimizer, whose privacy spent is unknown)")
         self.optimizer.load_state_dict(sd)
         self.steps, self.seed = int(dp["steps"]), int(dp["seed"])
+        self.saved_noise_multiplier = float(dp["noise_multiplier"])
         if self.accountant is not None and dp["accountant"] is not None:
             self.accountant.load_state_dict(dp["accountant"])
 
