@@ -84,6 +84,10 @@ def make_private(model: Module, optimizer: Optimizer, loader: DataLoader, *,
                              "epsilon at")
         check_delta(target_delta, n)
     if isinstance(loader, PoissonDataLoader) or not poisson_sampling:
+        if max_physical_batch_size is not None:
+            raise ValueError("make_private: max_physical_batch_size applies to the Poisson "
+                             "loader make_private builds; with a PoissonDataLoader of your "
+                             "own (or poisson_sampling=False) give it to that loader instead")
         dp_loader = loader
     else:
         dp_loader = PoissonDataLoader(

@@ -58,6 +58,10 @@ class DPOptimizer:
         last_clipped_fraction (float): the share of those examples that were clipped.
     """
 
+    # Loss scaling (fp16 mixed precision) would scale the per-example gradients before
+    # clipping; Trainer refuses it for optimizers that say so.
+    supports_loss_scaling = False
+
     def __init__(self, optimizer: Optimizer, per_sample: PerSampleGradients,
                  noise_multiplier: float, max_grad_norm: float, expected_batch_size: int,
                  seed: int | None = None, loader: Any = None,
@@ -182,7 +186,8 @@ class DPOptimizer:
                              "was saved by a plain optimizer, whose privacy spent is unknown)")
         self.optimizer.load_state_dict(sd)
         self.steps, self.seed = int(dp["steps"]), int(dp["seed"])
-        self.saved_noise_multiplier = float(dp["noise_multiplier"])
+        saved = dp.get("noise_multiplier")
+        self.saved_noise_multiplier = None if saved is None else float(saved)
         if self.accountant is not None and dp["accountant"] is not None:
             self.accountant.load_state_dict(dp["accountant"])
 

@@ -200,6 +200,11 @@ class Trainer:
         log_every: int = 10,
         mixed_precision: str | None = None,
     ) -> None:
+        if mixed_precision is not None and not getattr(optimizer, "supports_loss_scaling", True):
+            raise ValueError(
+                f"Trainer: mixed_precision={mixed_precision!r} scales the loss, which "
+                f"{type(optimizer).__name__} cannot undo (it clips per-example gradients "
+                "before any unscaling); train in float32 (mixed_precision=None)")
         self.model = model
         self.ddp = model if isinstance(model, DistributedDataParallel) else None
         self.world = self.ddp.world if self.ddp is not None else get_world()
@@ -487,6 +492,13 @@ class Trainer:
         step = 0
         try:
             for step, (x, y) in enumerate(loader, 1):
+                if x.shape[0] == 0:
+                    # an empty draw of Poisson sampling (minidl.privacy): no loss to take,
+                    # but the step still happens (a DP optimizer adds its noise)
+                    self.optimizer.zero_grad()
+                    self.optimizer.step()
+                    bar.update(1)
+                    continue
                 loss, hits = self.train_step(x, y)
                 if step == 1 and not self._told_compile:
                     self._note_slow_first_step(time.perf_counter() - start, bar)

@@ -222,14 +222,16 @@ def test_state_dict_resumes_noise_stream_and_accountant(rng):
     train(model_a, opt_a, batches[:2])
     saved_model = {k: v.numpy().copy() for k, v in model_a.state_dict().items()}
     saved = opt_a.state_dict()
-    assert saved["dp"] == {"steps": 2, "seed": 5, "accountant": {
-        "mechanism": "rdp", "history": [[sigma, q, 2]]}}
+    assert saved["dp"] == {"steps": 2, "seed": 5, "noise_multiplier": sigma,
+                           "max_grad_norm": c, "accountant": {
+                               "mechanism": "rdp", "history": [[sigma, q, 2]]}}
     train(model_a, opt_a, batches[2:])
 
     model_b, opt_b = setup(seed=99)  # another seed: the loaded one must win
     model_b.load_state_dict(saved_model)
     opt_b.load_state_dict(saved)
     assert opt_b.steps == 2 and opt_b.seed == 5 and opt_b.accountant.steps == 2
+    assert opt_a.saved_noise_multiplier is None and opt_b.saved_noise_multiplier == sigma
     train(model_b, opt_b, batches[2:])
     for pa, pb in zip(model_a.parameters(), model_b.parameters()):  # noise, momentum resumed
         np.testing.assert_array_equal(pa.detach().numpy(), pb.detach().numpy())
@@ -370,10 +372,9 @@ def empty_poisson_batch():
     raise AssertionError("no empty draw")
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "bug in minidl/privacy/per_sample.py _linear_terms: x.reshape(b, -1, F) fails for b = 0, "
-    "so an empty Poisson batch that is run through the model crashes DPOptimizer.step"))
 def test_empty_poisson_batch_through_the_model_is_noise_only():
+    # an empty batch records nothing (PerSampleGradients skips zero-row outputs): the step
+    # is noise only
     xb, yb = empty_poisson_batch()
     assert xb.shape == (0, 4)
     model = nn.Sequential(nn.Linear(4, 3)).double()

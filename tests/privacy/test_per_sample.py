@@ -29,12 +29,22 @@ def data(rng, *shape, classes=3):
     return rng.standard_normal((B, *shape)), rng.integers(0, classes, B)
 
 
-def randomize_affine(model, rng):
-    """Norm layers start at weight 1, bias 0: make them generic."""
+def randomize_affine(model, rng, variant="generic"):
+    """Norm layers start at weight 1, bias 0: make them generic. The rule has two ways to
+    the weight's gradient: from the output (``xhat = (y - bias) / weight``) when no weight
+    is zero, else from the rebuilt normalized input; ``"zero"`` puts a 0 in the weight,
+    ``"frozen-bias"`` freezes the bias (still used to undo the shift)."""
     for m in model.modules():
         if isinstance(m, (nn.GroupNorm, nn.LayerNorm)):
             m.weight.data[...] = rng.uniform(0.5, 1.5, m.weight.shape)
             m.bias.data[...] = rng.uniform(-0.5, 0.5, m.bias.shape)
+            if variant == "zero":
+                m.weight.data.reshape(-1)[1] = 0.0
+            elif variant == "frozen-bias":
+                m.bias.requires_grad = False
+
+
+AFFINE_VARIANTS = ["generic", "zero", "frozen-bias"]
 
 
 def check_exact(model, x, y):
@@ -115,26 +125,29 @@ def test_conv_before_max_pool(rng):
     check_exact(model, *data(rng, 2, 8, 8))
 
 
-def test_group_norm(rng):
+@pytest.mark.parametrize("variant", AFFINE_VARIANTS)
+def test_group_norm(rng, variant):
     model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.GroupNorm(2, 4), nn.ReLU(), nn.Flatten(),
                           nn.Linear(4 * 4 * 4, 3)).double()
-    randomize_affine(model, rng)
+    randomize_affine(model, rng, variant)
     check_exact(model, *data(rng, 2, 6, 6))
 
 
-def test_group_norm_on_features(rng):
+@pytest.mark.parametrize("variant", AFFINE_VARIANTS)
+def test_group_norm_on_features(rng, variant):
     # GroupNorm on (B, C): no spatial axes to sum over
     model = nn.Sequential(nn.Linear(4, 6), nn.GroupNorm(3, 6), nn.Tanh(),
                           nn.Linear(6, 3)).double()
-    randomize_affine(model, rng)
+    randomize_affine(model, rng, variant)
     check_exact(model, *data(rng, 4))
 
 
+@pytest.mark.parametrize("variant", AFFINE_VARIANTS)
 @pytest.mark.parametrize("shape", [(7,), (3, 7)], ids=["(B,T,F)-over-F", "(B,T,F)-over-TF"])
-def test_layer_norm(rng, shape):
+def test_layer_norm(rng, shape, variant):
     model = nn.Sequential(nn.Linear(5, 7), nn.LayerNorm(shape), nn.Tanh(), nn.Flatten(),
                           nn.Linear(3 * 7, 3)).double()
-    randomize_affine(model, rng)
+    randomize_affine(model, rng, variant)
     check_exact(model, *data(rng, 3, 5))
 
 
@@ -142,6 +155,26 @@ def test_layer_norm_2d_input(rng):
     model = nn.Sequential(nn.Linear(5, 7), nn.LayerNorm(7), nn.Linear(7, 3)).double()
     randomize_affine(model, rng)
     check_exact(model, *data(rng, 5))
+
+
+def test_examples_do_not_see_each_other(rng):
+    # what the clipping bound rests on: changing example 1 leaves every other example's
+    # gradients unchanged (a batch norm in training mode would fail this)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, activation="relu"), nn.GroupNorm(2, 4),
+                          nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).double()
+    randomize_affine(model, rng)
+    x, y = data(rng, 2, 6, 6)
+    ps = PerSampleGradients(model)
+    runs = []
+    for xs in (x, np.concatenate([x[:1], 3 * x[1:2] + 1, x[2:]])):
+        nn.CrossEntropyLoss()(model(minidl.tensor(xs)), minidl.tensor(y)).backward()
+        runs.append(ps.per_sample_grads())
+        ps.clear()
+        model.zero_grad()
+    for k in runs[0]:
+        others = [0, 2, 3, 4]
+        close(runs[1][k][others], runs[0][k][others])
+        assert not np.allclose(runs[1][k][1], runs[0][k][1])
 
 
 class Shared(nn.Module):
@@ -282,8 +315,8 @@ def test_paths_follow_the_cost(rng):
 
 @pytest.mark.parametrize("chunk", [1, 3000])
 def test_chunking_changes_nothing(rng, monkeypatch, chunk):
-    # CHUNK_BYTES=1: one example per chunk; 3000 bytes: a few examples per chunk and a
-    # ragged last one (B = 5); norms and materialised gradients must not change
+    # CHUNK_BYTES=1: one example per chunk; 3000 bytes: one, two or all five examples per
+    # chunk depending on the layer (ragged last chunks); nothing may change
     model = conv_model()
     x, y = data(rng, 2, 8, 8)
     ps = batch_backward(model, x, y)
@@ -372,17 +405,18 @@ def test_layer_without_rule_is_refused():
         check_model(lambda x: x)
 
 
-def test_frozen_unsupported_layers_are_accepted(rng):
-    # frozen layers have no gradient to privatise: a frozen batch norm (in eval mode, on its
-    # running statistics) and a frozen custom layer are fine, and the rest stays exact
-    bn = nn.BatchNorm2d(3).requires_grad_(False)
+def test_frozen_custom_layer_is_accepted_frozen_batch_norm_is_not(rng):
+    # a frozen layer has no gradient to privatise: a frozen custom layer is fine and the
+    # rest stays exact; a frozen batch norm is still refused, because in training mode its
+    # batch statistics mix the examples (one example moves the others' gradients)
     scale = Scale().requires_grad_(False)
-    model = nn.Sequential(nn.Conv2d(2, 3, 3), bn, nn.Flatten(), nn.Linear(3 * 4 * 4, 3),
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(3 * 4 * 4, 3),
                           scale).double()
-    bn.running_mean.data[...] = rng.standard_normal(3)
-    bn.eval()
     check_model(model)
     check_exact(model, *data(rng, 2, 6, 6))
+    bn = nn.BatchNorm2d(3).requires_grad_(False)
+    with pytest.raises(ValueError, match=r"layer '1' \(BatchNorm2d\) is batch norm"):
+        check_model(nn.Sequential(nn.Conv2d(2, 3, 3), bn))
 
 
 def test_bad_loss_reduction():
@@ -466,6 +500,7 @@ def test_float32_stays_float32(rng, monkeypatch, path):
     norms = ps.norms()
     sums = ps.clipped_sum(np.full(B, 0.5))
     grads = ps.per_sample_grads()
+    assert norms.dtype == np.float64  # norms accumulate in float64 (documented)
     assert len(sums) == len(grads) == 6
     for k in sums:
         assert sums[k].dtype == np.float32 and grads[k].dtype == np.float32
