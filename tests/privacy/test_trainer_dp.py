@@ -88,10 +88,10 @@ def test_trainer_steps_through_empty_poisson_batches():
                                       target_delta=1e-3, seed=0)
     sizes = [len(b[0]) for b in loader]
     assert 0 in sizes and len(sizes) == 20
-    before = model[0].weight.numpy().copy()
+    before = model[0].weight.detach().numpy().copy()
     Trainer(model, opt, progress=False).fit(loader, epochs=1)
     assert opt.steps == 20 and opt.accountant.steps == 20
-    assert not np.array_equal(model[0].weight.numpy(), before)
+    assert not np.array_equal(model[0].weight.detach().numpy(), before)
 
 
 def test_trainer_refuses_loss_scaling_with_dp():
