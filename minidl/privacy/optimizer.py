@@ -54,6 +54,8 @@ class DPOptimizer:
 
     Attributes:
         steps (int): optimizer steps taken (logical batches).
+        last_step_taken (bool): whether the last ``step()`` stepped (False after a chunk
+            that does not end its logical batch); per-batch LR schedules read it.
         last_norms (array): the per-example gradient norms of the last chunk (B,).
         last_clipped_fraction (float): the share of those examples that were clipped.
     """
@@ -91,6 +93,7 @@ class DPOptimizer:
         self.sample_rate = sample_rate
         self.delta = None if delta is None else check_delta(delta)
         self.steps = 0
+        self.last_step_taken = False
         self.last_norms: Any = None
         self.last_clipped_fraction = 0.0
         self._summed: dict[int, Any] | None = None
@@ -143,6 +146,7 @@ class DPOptimizer:
         noise and step the wrapped optimizer. Returns whether it stepped."""
         self._accumulate()
         if self.loader is not None and not getattr(self.loader, "end_of_logical_batch", True):
+            self.last_step_taken = False
             return False
         rng = np.random.default_rng([self.seed, self.steps])
         std = self.noise_multiplier * self.max_grad_norm
@@ -157,6 +161,7 @@ class DPOptimizer:
         self.optimizer.step()
         self._summed = None
         self.steps += 1
+        self.last_step_taken = True
         if self.accountant is not None:
             self.accountant.step(self.noise_multiplier, self.sample_rate)
         return True

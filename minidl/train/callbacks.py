@@ -233,8 +233,11 @@ class LRSchedulerStep(Callback):
         self.scheduler, self.per = scheduler, per
 
     def on_batch_end(self, step: int, logs: dict) -> None:
-        """Step the scheduler when ``per == "batch"``."""
-        if self.per == "batch":
+        """Step the scheduler when ``per == "batch"`` and the optimizer stepped: an
+        optimizer that accumulates several batches into one step (``minidl.privacy``'s
+        ``DPOptimizer`` with virtual steps) says ``last_step_taken = False`` for the
+        others, so the schedule counts optimizer steps."""
+        if self.per == "batch" and getattr(self.trainer.optimizer, "last_step_taken", True):
             self.scheduler.step()
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:

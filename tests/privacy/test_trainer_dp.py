@@ -102,3 +102,20 @@ def test_trainer_refuses_loss_scaling_with_dp():
                                  max_grad_norm=1.0, noise_multiplier=1.0, accountant=None)
     with pytest.raises(ValueError, match="scales the loss, which DPOptimizer cannot undo"):
         Trainer(model, opt, mixed_precision="float16")
+
+
+def test_per_batch_schedule_counts_logical_steps():
+    # with virtual steps, a per-batch LR schedule advances once per optimizer step, not once
+    # per physical chunk
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((400, 4)).astype(np.float32), np.zeros(400, np.int64)
+    model = nn.Sequential(nn.Linear(4, 2))
+    sgd = optim.SGD(model.parameters(), lr=1.0)
+    model, opt, loader = make_private(model, sgd, DataLoader((x, y), batch_size=100, seed=0),
+                                      max_grad_norm=1.0, noise_multiplier=1.0,
+                                      max_physical_batch_size=30, accountant=None, seed=0)
+    sched = optim.lr_scheduler.StepLR(sgd, step_size=1, gamma=0.5)
+    Trainer(model, opt, scheduler=sched, scheduler_per="batch", progress=False).fit(
+        loader, epochs=1)
+    assert opt.steps == 4 and len(loader) > 4
+    assert sgd.param_groups[0]["lr"] == 0.5 ** 4
