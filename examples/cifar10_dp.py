@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-grad-norm", type=cli.positive_float, default=0.1)
     p.add_argument("--lr", type=cli.positive_float, default=4.0)
     p.add_argument("--momentum", type=cli.fraction, default=0.9)
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                   help="learning rate over the run: constant, or cosine decay to 0 over "
+                        "the optimizer steps")
     p.add_argument("--width", type=cli.positive_int, default=32)
     p.add_argument("--limit", type=cli.positive_int, default=None,
                    help="train on the first N images only (a quick try; epsilon is then "
@@ -111,7 +114,12 @@ def main(argv: list[str] | None = None) -> dict:
           f"{args.max_grad_norm:g}, sample rate {train.sample_rate:.5f} "
           f"({train.steps_per_epoch} steps/epoch), delta {args.delta:g}", flush=True)
     model.summary((1, 3, 32, 32))
-    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(),
+    scheduler = None
+    if args.schedule == "cosine":  # per optimizer step (Trainer skips the virtual steps)
+        scheduler = optim.lr_scheduler.CosineAnnealingLR(
+            optimizer.optimizer, T_max=args.epochs * train.steps_per_epoch)
+    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), scheduler=scheduler,
+                      scheduler_per="batch",
                       callbacks=[ModelCheckpoint(out, monitor="val_accuracy"), PrintEpoch()],
                       progress=not args.no_progress, log_every=20)
     if args.resume:
@@ -144,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": f"dp_cnn(width={args.width})", "epochs": args.epochs,
         "expected_batch_size": args.batch_size, "physical_batch_size":
         args.physical_batch_size, "lr": args.lr, "momentum": args.momentum,
+        "schedule": args.schedule,
         "max_grad_norm": args.max_grad_norm, "noise_multiplier": optimizer.noise_multiplier,
         "target_epsilon": None if args.noise_multiplier else args.target_epsilon,
         "delta": args.delta, "accountant": args.accountant, "seed": args.seed,
