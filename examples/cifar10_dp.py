@@ -134,6 +134,11 @@ def main(argv: list[str] | None = None) -> dict:
         if trainer.epoch >= args.epochs:
             raise cli.CLIError(f"--resume: {ckpt} has already trained {trainer.epoch} "
                                f"epoch(s) and --epochs is {args.epochs}")
+        planned = getattr(scheduler, "T_max", None)
+        if planned is not None and planned != args.epochs * train.steps_per_epoch:
+            raise cli.CLIError(f"--resume: {ckpt} follows a cosine schedule of {planned} steps "
+                               f"({planned // train.steps_per_epoch} epochs); resume with "
+                               f"--epochs {planned // train.steps_per_epoch}")
         before = optimizer.saved_noise_multiplier
         if before is not None and abs(before - optimizer.noise_multiplier) > 1e-12:
             raise cli.CLIError(

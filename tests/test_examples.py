@@ -285,8 +285,8 @@ def test_cifar10_dp_example_runs_resumes_and_reports_epsilon(cifar_dir, tmp_path
     dp = load_example("cifar10_dp")
     out = tmp_path / "run"
     common = ["--data-dir", str(cifar_dir), "--batch-size", "50", "--physical-batch-size",
-              "32", "--delta", "1e-3", "--target-epsilon", "4", "--no-progress",
-              "--no-download", "--out", str(out)]
+              "32", "--delta", "1e-3", "--target-epsilon", "4", "--width", "4",
+              "--no-progress", "--no-download", "--out", str(out)]
     first = dp.main(common + ["--epochs", "2"])
     text = capsys.readouterr().out
     assert "DP-SGD: noise multiplier" in text and "epsilon" in text
@@ -304,14 +304,20 @@ def test_cifar10_dp_example_resume_is_exact(cifar_dir, tmp_path, capsys) -> None
     pytest.importorskip("dp_accounting")
     dp = load_example("cifar10_dp")
     common = ["--data-dir", str(cifar_dir), "--batch-size", "50", "--physical-batch-size",
-              "32", "--delta", "1e-3", "--noise-multiplier", "1.0", "--no-progress",
-              "--no-download"]
+              "32", "--delta", "1e-3", "--noise-multiplier", "1.0", "--width", "4",
+              "--no-progress", "--no-download"]
     out = tmp_path / "run"
     dp.main(common + ["--out", str(out), "--epochs", "1"])
     resumed = dp.main(common + ["--out", str(out), "--epochs", "2", "--resume"])
     straight = dp.main(common + ["--out", str(tmp_path / "straight"), "--epochs", "2"])
     assert resumed["test_loss"] == straight["test_loss"]
     assert resumed["epsilon"] == straight["epsilon"]
+    # a cosine schedule is fixed by the run's length: a longer resume is refused
+    cos = tmp_path / "cos"
+    dp.main(common + ["--out", str(cos), "--epochs", "1", "--schedule", "cosine"])
+    with pytest.raises(Exception, match="follows a cosine schedule of 4 steps"):
+        dp.main(common + ["--out", str(cos), "--epochs", "2", "--schedule", "cosine",
+                          "--resume"])
     capsys.readouterr()
 
 
