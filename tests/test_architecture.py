@@ -31,7 +31,7 @@ LAYERS: list[tuple[int, str]] = [
     (5, "minidl.nn"),
     (6, "minidl.optim"),
     (7, "minidl.data"),
-    (8, "minidl.plot"), (8, "minidl.models"), (8, "minidl.distributed"),
+    (8, "minidl.plot"), (8, "minidl.models"), (8, "minidl.onnx"), (8, "minidl.distributed"),
     (8, "minidl.privacy"),
     (9, "minidl.train"),
     (10, "minidl"),

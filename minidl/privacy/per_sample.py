@@ -50,8 +50,6 @@ from minidl.nn.norm import GroupNorm, LayerNorm, _BatchNorm
 # of the weight, 38 MB for the DP CNN's largest conv at B = 256.)
 CHUNK_BYTES = 64 * 2**20
 
-PATHS = ("ghost", "per-sample")
-
 
 @dataclass
 class _Outer:
