@@ -136,7 +136,7 @@ class DistributedDataParallel(Module):
         """Load into the wrapped model (keys without a ``module.`` prefix)."""
         return self.module.load_state_dict(state_dict, strict=strict)
 
-    def summary(self, input_shape: tuple[int | None, ...], **kwargs: Any) -> str:
+    def summary(self, input_shape: tuple[int | None, ...], **kwargs: Any) -> str | None:
         return self.module.summary(input_shape, **kwargs)
 
     def _make_buckets(self) -> list[_Bucket]:

@@ -404,9 +404,10 @@ class Module:
                 out = res
         return out
 
-    def summary(self, input_shape: tuple[int | None, ...], **kwargs: Any) -> str:
-        """Print and return a Keras-style table of layers for an input of ``input_shape``
-        (batch axis included, e.g. ``(1, 3, 32, 32)``); see ``minidl.nn.summary``."""
+    def summary(self, input_shape: tuple[int | None, ...], **kwargs: Any) -> str | None:
+        """Print a Keras-style table of layers for an input of ``input_shape`` (batch axis
+        included, e.g. ``(1, 3, 32, 32)``), or return it with ``print_fn=None``; see
+        ``minidl.nn.summary``."""
         return summary(self, input_shape, **kwargs)
 
     def num_parameters(self, trainable_only: bool = False) -> int:

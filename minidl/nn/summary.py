@@ -32,8 +32,10 @@ def _shape_of(out: Any) -> str:
 
 
 def summary(model: Module, input_shape: tuple[int | None, ...], dtype: Any = None,
-            device: Any = None, print_fn: Any = print) -> str:
-    """Print and return a table of layer name/type, output shape and parameter count.
+            device: Any = None, print_fn: Any = print) -> str | None:
+    """Print a table of layer name/type, output shape and parameter count, or return it
+    with ``print_fn=None``. (Printing returns None, as Keras' ``summary`` does, so that a
+    REPL does not echo the table a second time as a quoted string.)
 
     Args:
         model: the module to describe.
@@ -42,10 +44,12 @@ def summary(model: Module, input_shape: tuple[int | None, ...], dtype: Any = Non
             with 1). Output shapes show the batch axis as ``None``.
         dtype: of the dummy input; defaults to the model's first parameter's dtype.
         device: of the dummy input; defaults to the model's first parameter's device.
-        print_fn: called with the table; pass ``None`` to only return it.
+        print_fn: called with the table; ``None``: return the table instead.
 
     Rows are the leaf modules in the order they ran (plus any container that owns
-    parameters directly). Totals count parameters; trainable ones have
+    parameters directly); a layer with a fused activation (``Conv2d(...,
+    activation="relu")``, ``BatchNorm2d(..., activation="relu")``) shows it beside its
+    type, e.g. ``0 (Conv2d + relu)``. Totals count parameters; trainable ones have
     ``requires_grad=True``. Buffers (running statistics) are counted on their own line.
 
     >>> import minidl
@@ -72,8 +76,10 @@ def summary(model: Module, input_shape: tuple[int | None, ...], dtype: Any = Non
     def record(mod: Module, _inputs: tuple, out: Any) -> None:
         own = mod.num_parameters() if not any(True for _ in mod.children()) else sum(
             p.size for p in mod.parameters(recurse=False))
-        rows.append((names.get(id(mod), "?") or type(mod).__name__, type(mod).__name__,
-                     _shape_of(out), own))
+        kind = type(mod).__name__
+        if getattr(mod, "activation", None):
+            kind += f" + {mod.activation}"
+        rows.append((names.get(id(mod), "?") or type(mod).__name__, kind, _shape_of(out), own))
 
     for mod in model.modules():
         leaf = not any(True for _ in mod.children())
@@ -111,6 +117,7 @@ def summary(model: Module, input_shape: tuple[int | None, ...], dtype: Any = Non
     lines.append(f"Output shape: {_shape_of(out)}")
     lines.append("_" * width)
     text = "\n".join(lines)
-    if print_fn is not None:
-        print_fn(text)
-    return text
+    if print_fn is None:
+        return text
+    print_fn(text)
+    return None

@@ -156,8 +156,9 @@ def test_summary_mlp_totals_and_model_untouched() -> None:
     before = {k: v.numpy().copy() for k, v in m.state_dict().items()}
     state = minidl.random.get_rng_state()
     printed = []
-    text = m.summary((2, 8), print_fn=printed.append)
-    assert printed == [text]
+    assert m.summary((2, 8), print_fn=printed.append) is None  # a REPL echoes nothing more
+    text = printed[0]
+    assert text == m.summary((2, 8), print_fn=None)
     assert "Total params: 227" in text and "Trainable params: 224" in text
     assert "Non-trainable params: 3" in text
     assert "1 (BatchNorm1d)" in text and "(None, 16)" in text
@@ -192,6 +193,15 @@ def test_seed_net_summary() -> None:
     assert "Trainable params: 315,722" in text and "Non-trainable params: 0" in text
     assert "(None, 32, 30, 30)" in text and "(None, 64, 6, 6)" in text
     assert "(None, 2304)" in text and "(None, 10)" in text
+
+
+def test_summary_shows_fused_activations() -> None:
+    _need("conv2d")
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, activation="relu"), nn.BatchNorm2d(4),
+                      nn.BatchNorm2d(4, activation="relu"))
+    text = m.summary((1, 3, 8, 8), print_fn=None)
+    assert "0 (Conv2d + relu)" in text and "1 (BatchNorm2d) " in text
+    assert "2 (BatchNorm2d + relu)" in text
 
 
 def test_conv_and_pool_layers(rng) -> None:
