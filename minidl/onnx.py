@@ -453,7 +453,8 @@ def export(model: nn.Module, example_input: Any, path: str | os.PathLike, *,
             (an array goes to the device and dtype of the model's parameters); it runs
             through the layers once (in eval mode) to fix the shapes.
         path: the file to write (atomically; its folder is created if needed).
-        input_name, output_name: the graph's input and output names.
+        input_name: the graph's input name.
+        output_name: the graph's output name.
         dynamic_batch: axis 0 of the input and output is the symbolic ``N`` (any batch
             size); ``False`` fixes it to the example's.
 

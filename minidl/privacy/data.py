@@ -43,7 +43,12 @@ class PoissonDataLoader(DataLoader):
         sample_rate: ``q`` in (0, 1]; the expected batch size is ``q * len(dataset)``.
         max_physical_batch_size: split each sampled batch into chunks of at most this many
             examples (None: never split).
-        seed, transform, device, prefetch, as_tensor: as ``DataLoader``'s.
+        seed: as ``DataLoader``'s.
+        transform: as ``DataLoader``'s.
+        device: as ``DataLoader``'s.
+        prefetch: as ``DataLoader``'s (the logical-batch flag still describes the batch
+            just received).
+        as_tensor: as ``DataLoader``'s.
 
     Attributes:
         end_of_logical_batch (bool): whether the chunk last served ends its sampled batch.

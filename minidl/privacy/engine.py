@@ -36,9 +36,10 @@ def make_private(model: Module, optimizer: Optimizer, loader: DataLoader, *,
         max_grad_norm: the per-example clipping norm ``C``.
         noise_multiplier: ``sigma``; or give ``target_epsilon`` (with ``target_delta`` and
             ``epochs``) to have it computed.
-        target_epsilon, target_delta, epochs: the privacy budget for the whole run.
-            ``target_delta`` is also the delta at which epsilon is reported; it must be
-            below 1 / len(dataset).
+        target_epsilon: the privacy budget of the whole run (needs ``epochs``).
+        target_delta: the budget's delta, also the delta at which epsilon is reported;
+            it must be below 1 / len(dataset).
+        epochs: the run's length, for calibrating the noise to ``target_epsilon``.
         max_physical_batch_size: split the logical batches into chunks of at most this many
             examples (gradient accumulation over virtual steps).
         accountant: ``"rdp"``, ``"pld"`` or None (no epsilon).
