@@ -655,3 +655,20 @@ def test_a_slow_first_step_is_explained_once(monkeypatch, capsys):
     Trainer(model, optim.SGD(model.parameters(), lr=0.1), progress=False).fit(
         (x, y), epochs=1, batch_size=8)
     assert "numba" not in capsys.readouterr().out
+
+
+def test_fit_keras_style_x_y_equals_the_pair_form(rng) -> None:
+    # fit(x, y, epochs=..., batch_size=...) as in Keras trains exactly as fit((x, y), ...)
+    x = rng.normal(size=(32, 3)).astype(np.float32)
+    y = rng.integers(0, 2, 32)
+    runs = []
+    for keras in (True, False):
+        minidl.manual_seed(0)
+        model = nn.Linear(3, 2)
+        t = Trainer(model, optim.SGD(model.parameters(), lr=0.1), progress=False)
+        h = t.fit(x, y, epochs=2, batch_size=8) if keras else t.fit((x, y), epochs=2,
+                                                                     batch_size=8)
+        runs.append(h["loss"])
+    assert runs[0] == runs[1]
+    with pytest.raises(TypeError, match="with y, the first argument must be the input"):
+        t.fit(DataLoader((x, y), batch_size=8), y, epochs=1)

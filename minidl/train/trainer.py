@@ -371,19 +371,25 @@ class Trainer:
     def fit(
         self,
         train: Batches,
+        y: Any = None,
+        *,
         epochs: int,
         validation: Batches | None = None,
-        *,
         batch_size: int = 32,
         shuffle: bool = True,
     ) -> History:
         """Train until ``epochs`` epochs are complete (counting epochs already done when
         resuming) and return the history.
 
+        ``fit(loader, epochs=10)``, ``fit((x, y), epochs=10, batch_size=64)`` and, as in
+        Keras, ``fit(x, y, epochs=10, batch_size=64)`` all work.
+
         Args:
             train: a ``DataLoader`` (or any re-iterable of ``(x, y)`` tensor batches), or a
                 pair of arrays ``(x, y)`` (inputs already preprocessed), which is batched
-                here with ``batch_size`` and ``shuffle``.
+                here with ``batch_size`` and ``shuffle``; or the input array ``x`` with the
+                labels as ``y``.
+            y: the labels, when ``train`` is the input array (Keras' ``fit(x, y)``).
             epochs: total number of epochs.
             validation: optional loader (or ``(x, y)`` arrays) evaluated after each epoch
                 (``val_loss``, ``val_accuracy``).
@@ -396,6 +402,12 @@ class Trainer:
         """
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"fit: epochs must be an int >= 0, got {epochs!r}")
+        if y is not None:
+            if not _is_array_pair((train, y)):
+                raise TypeError(f"fit: with y, the first argument must be the input array x "
+                                f"(got {type(train).__name__} and {type(y).__name__}); pass a "
+                                "DataLoader alone, or arrays as fit(x, y, ...)")
+            train = (train, y)
         if _is_array_pair(train):
             seed = self._loader_state["seed"] if self._loader_state else None
             train = _array_loader(train, self.model, batch_size, shuffle, seed, train=True)
