@@ -48,7 +48,8 @@ class Callback:
     def on_batch_end(self, step: int, logs: dict) -> None:
         """Called after each training batch; ``step`` is 1-based within the epoch and
         ``logs`` is ``{"loss": loss}``, the batch's loss as a 0-d Tensor still on the device
-        (reading it with ``float()`` waits for the device)."""
+        (reading it with ``float()`` waits for the device), or None for an empty batch
+        (Poisson sampling can draw one: the optimizer still stepped)."""
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         """Called after epoch ``epoch`` (1-based) and its validation, with the epoch's

@@ -510,6 +510,8 @@ class Trainer:
                     self.optimizer.zero_grad()
                     self.optimizer.step()
                     bar.update(1)
+                    for cb in self.callbacks:  # a per-batch schedule counts this step too
+                        cb.on_batch_end(step, {"loss": None})
                     continue
                 loss, hits = self.train_step(x, y)
                 if step == 1 and not self._told_compile:
