@@ -226,8 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     history = trainer.fit(train, epochs=args.epochs, validation=test)
     wall = time.perf_counter() - start
     config = {
-        "command": " ".join([Path(__file__).name] + (list(argv) if argv is not None
-                                                      else sys.argv[1:])),
+        "command": cli.command_line(__file__, argv),
         "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "optimizer": args.optimizer, "weight_decay": args.weight_decay,
         "label_smoothing": args.label_smoothing, "width": args.width,

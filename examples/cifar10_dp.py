@@ -152,8 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     history = trainer.fit(train, epochs=args.epochs, validation=test)
     wall = time.perf_counter() - start
     config = {
-        "command": " ".join([Path(__file__).name] + (list(argv) if argv is not None
-                                                      else sys.argv[1:])),
+        "command": cli.command_line(__file__, argv),
         "model": f"dp_cnn(width={args.width})", "epochs": args.epochs,
         "expected_batch_size": args.batch_size, "physical_batch_size":
         args.physical_batch_size, "lr": args.lr, "momentum": args.momentum,

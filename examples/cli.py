@@ -80,6 +80,12 @@ def existing_path(text: str) -> str:
     return text
 
 
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command a run was started with, for its ``result.json``: the script's file name
+    and the arguments (``argv`` when ``main`` was called with them, else ``sys.argv``)."""
+    return " ".join([Path(script).name] + (list(argv) if argv is not None else sys.argv[1:]))
+
+
 def fresh_run_folder(out: Path, resume: bool, overwrite: bool) -> Path:
     """The folder this run writes to. An earlier run's folder (one with a checkpoint) is
     kept: the new run goes to ``<out>-2``, ``<out>-3``, ... unless ``overwrite`` (then the

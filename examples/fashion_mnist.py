@@ -122,8 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     history = trainer.fit(train, epochs=args.epochs, validation=test)
     wall = time.perf_counter() - start
     config = {
-        "command": " ".join([Path(__file__).name] + (list(argv) if argv is not None
-                                                      else sys.argv[1:])),
+        "command": cli.command_line(__file__, argv),
         "model": "seed_cnn(in_channels=1, image_size=28)", "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr, "augment": args.augment,
         "seed": args.seed, "limit": args.limit, "test_limit": args.test_limit,
