@@ -24,6 +24,7 @@ from minidl.autograd import (
 )
 from minidl.backend import Device, cuda_is_available
 from minidl.gradcheck import gradcheck, gradgradcheck
+from minidl.inference import predict
 from minidl.random import manual_seed
 from minidl.serialization import load, save
 
@@ -37,5 +38,6 @@ __all__ = [
     "Device", "Function", "amp", "Tensor", "cuda_is_available", "data", "distributed",
     "enable_grad", "from_dlpack", "functional", "models", "privacy", "train",
     "gradcheck", "gradgradcheck", "is_grad_enabled", "load", "manual_seed", "nn", "no_grad",
-    "ones", "optim", "rand", "randn", "save", "set_grad_enabled", "tensor", "zeros",
+    "ones", "optim", "predict", "rand", "randn", "save", "set_grad_enabled", "tensor",
+    "zeros",
 ]

@@ -1,6 +1,7 @@
-"""minidl's data package: datasets (CIFAR-10, MNIST, Fashion-MNIST, memmap folders), the
-``DataLoader`` that batches, shuffles, augments and prefetches them, and the batch
-``transforms`` used for augmentation.
+"""minidl's data package: datasets (CIFAR-10, MNIST, Fashion-MNIST, folders of your own
+images, memmap folders), train/validation splits, the ``DataLoader`` that batches,
+shuffles, augments and prefetches them, and the batch ``transforms`` used for
+augmentation.
 
 Typical use::
 
@@ -26,6 +27,7 @@ from minidl.data.datasets import (
     safe_unpickle,
 )
 from minidl.data.download import DownloadError, download_url, extract_archive, file_md5
+from minidl.data.image_folder import IMAGE_EXTENSIONS, ImageFolder, load_image
 from minidl.data.loader import ArrayDataset, DataLoader, Dataset
 from minidl.data.memmap import (
     MemmapDataset,
@@ -33,11 +35,13 @@ from minidl.data.memmap import (
     convert_image_folder,
     write_memmap_dataset,
 )
+from minidl.data.split import Subset, train_val_split
 
 __all__ = [
     "CIFAR10",
     "CIFAR10_CLASSES",
     "FASHION_MNIST_CLASSES",
+    "IMAGE_EXTENSIONS",
     "MNIST",
     "MNIST_CLASSES",
     "ArrayDataset",
@@ -47,7 +51,9 @@ __all__ = [
     "DatasetNotFoundError",
     "DownloadError",
     "FashionMNIST",
+    "ImageFolder",
     "MemmapDataset",
+    "Subset",
     "convert_cifar10",
     "convert_image_folder",
     "default_data_root",
@@ -56,9 +62,11 @@ __all__ = [
     "file_md5",
     "load_cifar10",
     "load_fashion_mnist",
+    "load_image",
     "load_mnist",
     "read_idx",
     "safe_unpickle",
+    "train_val_split",
     "transforms",
     "write_memmap_dataset",
 ]

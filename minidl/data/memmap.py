@@ -34,6 +34,14 @@ from minidl.data._util import (
     replace_dir,
 )
 from minidl.data.datasets import CIFAR10
+from minidl.data.image_folder import (
+    IMAGE_EXTENSIONS,
+    _check_mode,
+    _check_size,
+    _decode,
+    _pil,
+    _scan,
+)
 from minidl.data.loader import Dataset
 
 _FORMAT = "minidl-memmap"
@@ -376,24 +384,23 @@ def convert_cifar10(
     return write_memmap_dataset(out_dir, ds.images, ds.labels, ds.classes, overwrite=overwrite)
 
 
-_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
-
-
 def convert_image_folder(
     root: str | os.PathLike,
     out_dir: str | os.PathLike,
     size: int | Sequence[int] = 32,
     *,
     mode: str = "RGB",
-    extensions: Sequence[str] = _IMAGE_EXTENSIONS,
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
     overwrite: bool = False,
     chunk_size: int = 512,
 ) -> Path:
     """Convert ``root/<class name>/<image files>`` into a memmap dataset, in bounded memory.
 
-    Classes are the sub-folders of ``root`` in sorted order (label = position); files are
-    taken in sorted order. Each image is converted to ``mode`` and resized (bilinear,
-    ignoring aspect ratio) to ``size``. Needs Pillow.
+    Classes and files are those ``ImageFolder`` finds (sorted sub-folders, label =
+    position; sorted files), and each image is decoded as ``ImageFolder`` and
+    ``load_image`` decode it (EXIF rotation undone, converted to ``mode``, resized bilinear
+    to ``size`` ignoring the aspect ratio), once: reading the result with ``MemmapDataset``
+    costs no decoding per epoch. Needs Pillow.
 
     Args:
         root: folder of class folders.
@@ -409,7 +416,10 @@ def convert_image_folder(
 
     Raises:
         ImportError: Pillow is not installed.
-        DataFormatError: an image cannot be decoded (the message names it).
+        DatasetNotFoundError: ``root`` is missing, has no class folders, or a class folder
+            has no images.
+        DataFormatError: an image cannot be decoded (the message names it); nothing is
+            left behind.
 
     >>> import tempfile, pathlib
     >>> from PIL import Image
@@ -420,58 +430,20 @@ def convert_image_folder(
     ((1, 3, 4, 4), ['cat'], 255)
     >>> ds.close(); import shutil; shutil.rmtree(d)
     """
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError as exc:
-        raise ImportError(
-            "convert_image_folder: needs Pillow to decode images; install it with "
-            "`pip install pillow`"
-        ) from exc
-    if isinstance(size, (int, np.integer)):
-        height = width = int(size)
-    elif isinstance(size, Sequence) and len(size) == 2:
-        height, width = int(size[0]), int(size[1])
-    else:
-        raise ValueError(f"convert_image_folder: size must be an int or (H, W), got {size!r}")
-    if height < 1 or width < 1:
-        raise ValueError(f"convert_image_folder: size must be positive, got {size!r}")
-    channels = {"RGB": 3, "L": 1}.get(mode)
-    if channels is None:
-        raise ValueError(f"convert_image_folder: mode must be 'RGB' or 'L', got {mode!r}")
+    op = "convert_image_folder"
+    _pil(op)
+    size = _check_size(op, size)
+    channels = _check_mode(op, mode)
     root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DatasetNotFoundError(f"convert_image_folder: {root} is not a directory")
-    exts = tuple(e.lower() for e in extensions)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files: list[tuple[Path, int]] = []
-    for label, name in enumerate(classes):
-        for f in sorted((root / name).iterdir()):
-            if f.is_file() and f.suffix.lower() in exts:
-                files.append((f, label))
-    if not files:
-        raise DatasetNotFoundError(
-            f"convert_image_folder: no images ({', '.join(exts)}) in class folders of {root}; "
-            "expected root/<class name>/<image files>"
-        )
-    writer = _MemmapWriter(out_dir, len(files), (channels, height, width), np.uint8, overwrite)
+    classes, files, labels = _scan(op, root, extensions)
+    writer = _MemmapWriter(out_dir, len(files), (channels, *size), np.uint8, overwrite)
     try:
         for start in range(0, len(files), chunk_size):
             part = files[start:start + chunk_size]
-            batch = np.empty((len(part), channels, height, width), np.uint8)
-            for k, (f, _) in enumerate(part):
-                try:
-                    with Image.open(f) as im:
-                        im = im.convert(mode)
-                        if im.size != (width, height):
-                            im = im.resize((width, height), Image.BILINEAR)
-                        arr = np.asarray(im, dtype=np.uint8)
-                except (OSError, UnidentifiedImageError, ValueError,
-                        Image.DecompressionBombError) as exc:
-                    raise DataFormatError(
-                        f"convert_image_folder: cannot decode {f} ({exc})"
-                    ) from exc
-                batch[k] = arr.reshape(height, width, channels).transpose(2, 0, 1)
-            writer.append(batch, np.array([lbl for _, lbl in part], np.int64))
+            batch = np.empty((len(part), channels, *size), np.uint8)
+            for k, f in enumerate(part):
+                batch[k] = _decode(op, f, size, mode)
+            writer.append(batch, labels[start:start + chunk_size])
     except BaseException:
         writer.abort()
         raise

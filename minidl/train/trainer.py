@@ -135,6 +135,8 @@ def _check_checkpoint(state: Any, trainer: Trainer) -> tuple[dict, dict | None]:
     history = state.get("history", [])
     if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
         raise ValueError("checkpoint field 'history' must be a list of dicts")
+    if "meta" in state:  # absent in checkpoints written before it existed: fine
+        _metadata_copy(state["meta"], "checkpoint field 'meta'")
     try:
         rng = json.loads(str(state["rng"]))
         if not isinstance(rng, dict) or "bit_generator" not in rng:
@@ -150,6 +152,44 @@ def _check_checkpoint(state: Any, trainer: Trainer) -> tuple[dict, dict | None]:
             raise ValueError("checkpoint field 'train_loader' must map names to ints, got "
                              f"{loader!r}") from None
     return rng, loader
+
+
+def _metadata_copy(obj: Any, what: str) -> dict:
+    """``_json_copy`` of a metadata dict (a dict at the top, JSON values inside)."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what} must be a dict of JSON values, got {type(obj).__name__}")
+    return _json_copy(obj, what)
+
+
+def _json_copy(obj: Any, what: str, path: str = "", depth: int = 0) -> Any:
+    """A copy of ``obj`` made of JSON values only (dicts with str keys, lists, tuples, str,
+    int, float, bool, None; NumPy bool/int/float scalars become Python ones);
+    ``ValueError`` naming the key path of anything else.
+
+    Checkpoint metadata is read by tools that know nothing of the training script, so it
+    holds plain values, never arrays or objects; the copy keeps later changes of the
+    caller's dict out of the checkpoints.
+    """
+    where = path or "<root>"
+    if depth > 32:
+        raise ValueError(f"{what}: nested more than 32 levels deep at {where!r}")
+    if isinstance(obj, np.generic) and obj.dtype.kind in "biuf":
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, str, int, float)):
+        return obj
+    if isinstance(obj, dict):
+        bad = [k for k in obj if not isinstance(k, str)]
+        if bad:
+            raise ValueError(f"{what}: key {bad[0]!r} at {where!r} is a "
+                             f"{type(bad[0]).__name__}; keys must be strings")
+        return {k: _json_copy(v, what, f"{path}/{k}" if path else k, depth + 1)
+                for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_copy(v, what, f"{path}/{i}" if path else str(i), depth + 1)
+                for i, v in enumerate(obj)]
+    hint = " (convert it with .tolist())" if isinstance(obj, np.ndarray) else ""
+    raise ValueError(f"{what}: the value at {where!r} is a {type(obj).__name__}{hint}; "
+                     "metadata holds JSON values only: dict, list, str, int, float, bool, None")
 
 
 class Trainer:
@@ -168,6 +208,11 @@ class Trainer:
         mixed_precision: ``"float16"`` runs forward passes under ``minidl.amp.autocast``
             and scales the loss with a ``GradScaler`` (parameters stay float32); meant for
             CUDA, where half-precision GEMMs are fast. None (default): plain float32.
+        metadata: a dict of JSON values (dicts with str keys, lists, str, int, float, bool,
+            None) written into every checkpoint under ``"meta"``: what a checkpoint needs to
+            be used without the script that trained it. ``minidl.predict`` reads the layout
+            of ``minidl.inference.prediction_metadata`` (architecture, classes, input size
+            and normalization). A trainer without metadata takes a loaded checkpoint's.
 
     Metrics are named as in Keras: ``loss``, ``accuracy`` and, with validation data,
     ``val_loss``, ``val_accuracy``; each history row also has ``epoch``, ``lr``, ``time``
@@ -199,6 +244,7 @@ class Trainer:
         progress: bool = True,
         log_every: int = 10,
         mixed_precision: str | None = None,
+        metadata: dict | None = None,
     ) -> None:
         if mixed_precision is not None and not getattr(optimizer, "supports_loss_scaling", True):
             raise ValueError(
@@ -231,6 +277,8 @@ class Trainer:
         self.history = History()
         self.epoch = 0  # epochs completed
         self.stop_training = False
+        self.metadata = None if metadata is None else _metadata_copy(metadata,
+                                                                        "Trainer: metadata")
         self.train_loader: Any = None
         self._loader_state: dict | None = None  # from a checkpoint, applied by fit()
         self._told_compile = False
@@ -265,6 +313,8 @@ class Trainer:
             state["scheduler"] = self.scheduler.state_dict()
         if self.scaler.enabled:
             state["grad_scaler"] = self.scaler.state_dict()
+        if self.metadata is not None:
+            state["meta"] = _metadata_copy(self.metadata, "Trainer.metadata")
         loader_state = getattr(self.train_loader, "state_dict", None)
         if callable(loader_state):
             state["train_loader"] = {k: int(v) for k, v in loader_state().items()}
@@ -315,6 +365,9 @@ class Trainer:
             if len(ranks) == self.world.size:  # same world: each rank resumes its own stream
                 rng = ranks[self.world.rank]
         random.set_rng_state(rng)
+        if self.metadata is None and state.get("meta") is not None:
+            # A resumed run keeps writing what its first checkpoints said about the model.
+            self.metadata = _metadata_copy(state["meta"], "checkpoint field 'meta'")
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Write ``state_dict()`` to ``path`` atomically (``minidl.save``), creating its
