@@ -7,13 +7,18 @@ network; ``resnet9`` is the ResNet-9 layout popularized by fast CIFAR-10 trainin
 it fits a CPU budget. ``airbench94`` is the network of Keller Jordan's airbench94 recipe
 (94% on CIFAR-10 in a few GPU-seconds): a frozen patch-whitening conv and three
 conv-pool-BN-GELU groups; ``airbench94_param_groups`` gives its optimizer groups.
+For differentially private training: ``dp_cnn`` (GroupNorm, tanh), and ``scatter_linear``
+and ``scatter_cnn``, small trainable heads on fixed wavelet scattering features.
+``MODELS`` names them all and ``build_model(name, **kwargs)`` builds one by name, which is
+how ``minidl.predict`` rebuilds the network a checkpoint describes.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from minidl import nn
@@ -73,6 +78,70 @@ def dp_cnn(num_classes: int = 10, in_channels: int = 3, width: int = 32,
         cin = c
     s = image_size // 8
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(chans[-1] * s * s, num_classes))
+
+
+def _scatter_front(in_channels: int, image_size: int, J: int, L: int, groups: int,
+                   features: bool) -> tuple[list[tuple[str, nn.Module]], int, int]:
+    """The fixed front of the scattering models: ``Scattering2D`` (left out when the input
+    is already its output) and a parameter-free GroupNorm over its channels. Returns the
+    named layers, the channels and the side of the feature maps."""
+    scattering = nn.Scattering2D(J=J, L=L)
+    channels, side = scattering.out_channels(in_channels), image_size // 2 ** J
+    if groups < 1 or channels % groups:
+        raise ValueError(f"scattering model: groups must divide the {channels} scattering "
+                         f"channels, got {groups}")
+    layers = [] if features else [("scattering", scattering)]
+    # Scattering coefficients differ in scale by orders of magnitude between orders;
+    # normalizing each group of related maps per example puts them on one scale without
+    # looking at other examples (so it costs no privacy, unlike data-set statistics).
+    layers.append(("norm", nn.GroupNorm(groups, channels, affine=False)))
+    return layers, channels, side
+
+
+def scatter_linear(num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+                   J: int = 2, L: int = 8, groups: int = 27,
+                   features: bool = False) -> nn.Sequential:
+    """A linear classifier on wavelet scattering features (Tramer & Boneh 2021's
+    "ScatterNet + linear"): ``Scattering2D(J, L)`` -> ``GroupNorm(groups, affine=False)``
+    -> ``Linear``. The only trainable layer is the last, which is what makes it strong
+    under DP-SGD: all the noise goes into 155 K weights that see fixed, good features.
+    For 3x32x32 input: (243, 8, 8) -> 15552 -> 10.
+
+    ``features=True`` leaves out the transform, for inputs that are its output already
+    (computed once for a data set, as ``examples/cifar10_dp.py`` does); the parameter
+    names are the same either way, so a model trained on features loads into one that
+    takes images.
+
+    >>> sum(p.size for p in scatter_linear().parameters())
+    155530
+    """
+    layers, channels, side = _scatter_front(in_channels, image_size, J, L, groups, features)
+    layers += [("flatten", nn.Flatten()), ("fc", nn.Linear(channels * side * side,
+                                                            num_classes))]
+    return nn.Sequential(OrderedDict(layers))
+
+
+def scatter_cnn(num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+                J: int = 2, L: int = 8, groups: int = 27, width: int = 64,
+                features: bool = False) -> nn.Sequential:
+    """A small CNN on wavelet scattering features (Tramer & Boneh 2021's "ScatterNet +
+    CNN"): the front of ``scatter_linear``, then Conv(3x3) -> Tanh -> MaxPool 2 ->
+    Conv(3x3) -> Tanh -> Linear. For 3x32x32 input: (243, 8, 8) -> (64, 4, 4) -> 1024 ->
+    10. ``features`` as in ``scatter_linear``.
+
+    >>> sum(p.size for p in scatter_cnn().parameters())
+    187210
+    """
+    layers, channels, side = _scatter_front(in_channels, image_size, J, L, groups, features)
+    if side % 2:
+        raise ValueError(f"scatter_cnn: image_size / 2**J must be even (one 2x2 pooling), "
+                         f"got {side}")
+    layers += [("conv1", nn.Conv2d(channels, width, 3, padding=1)), ("act1", nn.Tanh()),
+               ("pool", nn.MaxPool2d(2)),
+               ("conv2", nn.Conv2d(width, width, 3, padding=1)), ("act2", nn.Tanh()),
+               ("flatten", nn.Flatten()),
+               ("fc", nn.Linear(width * (side // 2) ** 2, num_classes))]
+    return nn.Sequential(OrderedDict(layers))
 
 
 def _conv_bn(cin: int, cout: int) -> nn.Sequential:
@@ -296,3 +365,39 @@ def airbench94_param_groups(model: nn.Module, lr: float, weight_decay: float,
                "weight_decay": weight_decay / bias_scaler},
               {"params": other, "lr": lr, "weight_decay": weight_decay}]
     return [g for g in groups if g["params"]]
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "seed_cnn": seed_cnn,
+    "dp_cnn": dp_cnn,
+    "scatter_linear": scatter_linear,
+    "scatter_cnn": scatter_cnn,
+    "resnet9": resnet9,
+    "airbench94": airbench94,
+}
+"""The bundled architectures by name, as a checkpoint's prediction metadata names them
+(``{"model": {"name": "resnet9", "kwargs": {"width": 32}}}``): a name picks a builder
+here and never imports or runs anything else, so a checkpoint cannot bring its own code."""
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the bundled architecture ``name`` (a key of ``MODELS``) with ``kwargs``.
+
+    Raises:
+        ValueError: an unknown name, or arguments the builder does not take (both listed).
+
+    >>> import minidl
+    >>> model = build_model("resnet9", num_classes=3, width=4)
+    >>> model(minidl.zeros(1, 3, 32, 32)).shape
+    (1, 3)
+    """
+    builder = MODELS.get(name) if isinstance(name, str) else None
+    if builder is None:
+        raise ValueError(f"build_model: unknown architecture {name!r}; minidl.models has "
+                         f"{', '.join(sorted(MODELS))}")
+    params = inspect.signature(builder).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise ValueError(f"build_model: {name} takes no argument(s) {', '.join(unknown)} "
+                         f"(it takes {', '.join(params)})")
+    return builder(**kwargs)

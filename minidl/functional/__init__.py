@@ -49,6 +49,7 @@ from minidl.functional.math import (
 from minidl.functional.norm import batch_norm, dropout, group_norm, layer_norm
 from minidl.functional.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from minidl.functional.reduce import argmax, max, mean, min, sum
+from minidl.functional.scattering import scattering2d
 from minidl.functional.shape import (
     concatenate,
     flatten,
@@ -71,8 +72,8 @@ __all__ = [
     "div", "dropout", "erf", "exp", "flatten", "gelu", "getitem", "group_norm", "layer_norm",
     "leaky_relu", "linear", "log", "log_softmax", "matmul", "max", "max_pool2d", "maximum", "mean",
     "min", "minimum", "mse_loss", "mul", "neg", "pad", "permute", "pow", "relu", "reshape",
-    "sigmoid", "softmax", "softmax_cross_entropy", "sqrt", "squeeze", "stack", "sub", "sum",
-    "sum_to", "tanh", "to_device", "transpose", "unsqueeze", "where",
+    "scattering2d", "sigmoid", "softmax", "softmax_cross_entropy", "sqrt", "squeeze", "stack",
+    "sub", "sum", "sum_to", "tanh", "to_device", "transpose", "unsqueeze", "where",
 ]
 
 

@@ -22,6 +22,7 @@ from minidl.nn.layers import (
     LeakyReLU,
     Linear,
     ReLU,
+    Scattering2D,
     Sigmoid,
     Softmax,
     Tanh,
@@ -41,6 +42,6 @@ __all__ = [
     "LayerNorm",
     "LayerStats",
     "LeakyReLU", "Linear", "MSELoss", "MaxPool2d", "Module", "ModuleList", "Parameter", "ReLU",
-    "Sequential", "Sigmoid", "Softmax", "Tanh", "functional", "fusion_enabled", "init",
-    "set_fusion", "summary",
+    "Scattering2D", "Sequential", "Sigmoid", "Softmax", "Tanh", "functional", "fusion_enabled",
+    "init", "set_fusion", "summary",
 ]

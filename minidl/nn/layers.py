@@ -15,6 +15,7 @@ import numpy as np
 import minidl.functional as F
 from minidl.autograd import Tensor, autocast_dtype
 from minidl.functional.norm import dropout
+from minidl.functional.scattering import num_coefficients
 from minidl.nn import init
 from minidl.nn.module import Module, Parameter
 
@@ -221,6 +222,37 @@ class GELU(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.gelu(x)
+
+
+class Scattering2D(Module):
+    """The wavelet scattering transform (``functional.scattering2d``): fixed features,
+    ``(B, C, H, W)`` -> ``(B, C * K, H / 2**J, W / 2**J)``, ``K = 1 + J L + L**2 J (J-1) / 2``
+    (81 for the defaults: CIFAR-10's 3x32x32 images give 243x8x8). No parameters.
+
+    Args:
+        J: number of scales (output pixels average ``2**J x 2**J`` input pixels).
+        L: number of wavelet orientations.
+
+    >>> import minidl
+    >>> s = minidl.nn.Scattering2D()
+    >>> s(minidl.zeros((1, 3, 32, 32))).shape, s.out_channels(3)
+    ((1, 243, 8, 8), 243)
+    """
+
+    def __init__(self, J: int = 2, L: int = 8) -> None:
+        super().__init__()
+        self.J, self.L = J, L
+        self.coefficients = num_coefficients(J, L)  # validates J and L
+
+    def out_channels(self, in_channels: int) -> int:
+        """Channels of the output for ``in_channels`` input channels."""
+        return in_channels * self.coefficients
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.scattering2d(x, J=self.J, L=self.L)
+
+    def extra_repr(self) -> str:
+        return f"J={self.J}, L={self.L}"
 
 
 class Softmax(Module):
