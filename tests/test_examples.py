@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import minidl
+from minidl.data import load_cifar10
+from minidl.data.datasets import CIFAR10_CLASSES
 from minidl.serialization import load
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -161,6 +164,32 @@ def test_cifar10_example_resume_without_checkpoint(cifar10, cifar_dir, tmp_path)
         cifar10.main(["--data-dir", str(cifar_dir), "--limit", "32", "--epochs", "1",
                       "--resume", "--no-progress", "--no-download",
                       "--out", str(tmp_path / "empty")])
+
+
+def test_cifar10_example_on_an_image_folder(cifar10, cifar_dir, tmp_path, capsys) -> None:
+    """A folder of class folders is trained on instead of CIFAR-10 (the CIFAR-10 folder and
+    its parent are not taken for one); --limit samples the training split; the folder's
+    classes reach the checkpoint."""
+    image = pytest.importorskip("PIL.Image")
+    assert not cifar10.is_image_folder(cifar_dir)
+    assert not cifar10.is_image_folder(cifar_dir.parent)
+    photos = tmp_path / "photos"
+    for c, name in enumerate(["cat", "dog"]):
+        (photos / name).mkdir(parents=True)
+        for k in range(10):
+            image.new("RGB", (40, 30), (200 * c, 50, 10 * k)).save(photos / name / f"{k}.png")
+    assert cifar10.is_image_folder(photos)
+    out = tmp_path / "run"
+    result = cifar10.main(["--data-dir", str(photos), "--limit", "12", "--epochs", "1",
+                           "--batch-size", "6", "--no-progress", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert "image folder photos: 12 train / 2 validation images" in text
+    assert result["test_images"] == 2 and result["val_fraction"] == 0.1
+    meta = load(out / "last.npz")["meta"]
+    assert meta["classes"] == ["cat", "dog"] and meta["model"]["kwargs"] == {"num_classes": 2}
+    with pytest.raises(ValueError, match=r"val_fraction must be in \(0, 1\)"):
+        cifar10.main(["--data-dir", str(photos), "--val-fraction", "0", "--no-progress",
+                      "--out", str(tmp_path / "zero")])
 
 
 def _command(args: list[str], cwd: Path) -> tuple[int, str]:
@@ -319,6 +348,34 @@ def test_cifar10_dp_example_resume_is_exact(cifar_dir, tmp_path, capsys) -> None
         dp.main(common + ["--out", str(cos), "--epochs", "2", "--schedule", "cosine",
                           "--resume"])
     capsys.readouterr()
+
+
+def test_cifar10_dp_scattering_head_caches_features_and_predicts(cifar_dir, tmp_path,
+                                                                capsys) -> None:
+    pytest.importorskip("dp_accounting")
+    dp = load_example("cifar10_dp")
+    cache = tmp_path / "features"
+    common = ["--data-dir", str(cifar_dir), "--batch-size", "50", "--delta", "1e-3",
+              "--noise-multiplier", "1.0", "--no-progress", "--no-download",
+              "--feature-cache", str(cache), "--epochs", "1"]
+    first = dp.main(common + ["--model", "scatter_cnn", "--width", "8",
+                              "--out", str(tmp_path / "cnn")])
+    text = capsys.readouterr().out
+    assert "scattering features of 200 images:" in text and len(list(cache.iterdir())) == 2
+    assert first["model"] == "scatter_cnn(width=8)"
+    # the cached features are read back, not recomputed, by the next run
+    dp.main(common + ["--model", "scatter_linear", "--out", str(tmp_path / "lin")])
+    assert "scattering features of 200 images from" in capsys.readouterr().out
+    # the checkpoint holds the head; minidl.predict rebuilds the whole model (with its
+    # scattering front) and classifies raw images as the run's evaluation did
+    x_test, y_test = load_cifar10(cifar_dir, train=False, download=False)
+    x_test, y_test = x_test[:first["test_images"]], y_test[:first["test_images"]]
+    top = minidl.predict(tmp_path / "cnn" / "last.npz", x_test, top=1)
+    names = np.array(CIFAR10_CLASSES)
+    accuracy = np.mean([t[0][0] == names[c] for t, c in zip(top, y_test)])
+    assert accuracy == pytest.approx(first["test_accuracy"], abs=1e-9)
+    with pytest.raises(SystemExit):
+        dp.main(common + ["--model", "scatter_linear", "--width", "4"])
 
 
 def test_cifar10_dp_example_refuses_a_large_delta(cifar_dir, tmp_path) -> None:
