@@ -24,7 +24,9 @@ own pieces, each a general framework feature:
 * test-time augmentation (``train.tta_predict``, level 2: mirror and two 1-pixel
   translations) for the final accuracy.
 
-Prints one line per epoch and a summary; ``--json`` writes it, with the machine. The timed
+Prints one line per epoch and a summary; ``--json`` writes it, with the machine;
+``--save`` writes the trained weights as a checkpoint that ``python -m minidl predict``
+uses on its own (it carries the architecture, class names and input normalization). The timed
 part ("train time") is the whitening init and the training loop, as airbench times it; the
 per-epoch test accuracy (without TTA) is not timed; the TTA evaluation is timed on its own.
 ``benchmarks/airbench94_torch.py`` is the same recipe in PyTorch, for the comparison in
@@ -46,8 +48,9 @@ import numpy as np
 import minidl
 from minidl import nn, optim
 from minidl._fileio import atomic_write_text
-from minidl.data import DataLoader, load_cifar10
+from minidl.data import CIFAR10_CLASSES, DataLoader, load_cifar10
 from minidl.data import transforms as T
+from minidl.inference import prediction_metadata
 from minidl.models import airbench94, airbench94_param_groups
 from minidl.train import tta_predict
 
@@ -82,17 +85,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    type=cli.existing_path,
                    help="CIFAR-10 folder or archive (or set MINIDL_CIFAR10_DIR)")
     p.add_argument("--epochs", type=float, default=HYP["train_epochs"])
+    p.add_argument("--batch-size", type=cli.positive_int, default=HYP["batch_size"],
+                   help="examples per step (learning rate and weight decay are given per "
+                        "1024 examples, so they follow it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=cli.positive_int, default=None,
                    help="train on the first N images")
     p.add_argument("--test-limit", type=cli.positive_int, default=None,
                    help="evaluate on N evenly spaced test images")
     p.add_argument("--json", default=None, help="write the summary here")
+    p.add_argument("--save", default=None, metavar="PATH",
+                   help="write the trained weights here, with what prediction needs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --save/--json replace files from an earlier run")
     p.add_argument("--no-download", action="store_true", help="never download the data")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     args = p.parse_args(argv)
     if args.epochs <= 0:
         p.error(f"--epochs must be positive, got {args.epochs}")
+    for flag in ("save", "json"):
+        path = getattr(args, flag)
+        if path is not None and os.path.exists(path) and not args.overwrite:
+            p.error(f"--{flag}: {path} exists (from an earlier run?); pass --overwrite to "
+                    "replace it, or another path")
     return args
 
 
@@ -122,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         x_test, y_test = x_test[keep], y_test[keep]
     to_input = T.Compose([T.ToFloat(), T.Normalize(MEAN, STD)])
     test_images = to_input(x_test)
-    batch_size = HYP["batch_size"]
+    batch_size = args.batch_size
     train = DataLoader(
         (x_train, y_train), batch_size=batch_size, shuffle=True, drop_last=True, seed=args.seed,
         transform=T.Compose([to_input, T.AlternatingFlip(),
@@ -196,7 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
         "seed": args.seed, "epochs": args.epochs, "steps": step, "n_train": len(x_train),
         "n_test": len(x_test), "test_acc": history[-1]["test_acc"], "tta_acc": tta_acc,
         "train_time_s": train_time, "tta_time_s": tta_time,
-        "total_time_s": train_time + tta_time, "history": history, "hyp": HYP,
+        "total_time_s": train_time + tta_time, "history": history,
+        "hyp": {**HYP, "batch_size": batch_size},
         "machine": {"processor": platform.processor() or platform.machine(),
                     "python": platform.python_version(),
                     "threads": os.environ.get("OMP_NUM_THREADS")},
@@ -204,6 +220,13 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"airbench94 minidl seed={args.seed} steps={step} "
           f"test_acc={100 * result['test_acc']:.2f}% tta_acc={100 * tta_acc:.2f}% "
           f"train_time={train_time:.1f}s tta_time={tta_time:.1f}s", flush=True)
+    if args.save:
+        meta = prediction_metadata("airbench94", CIFAR10_CLASSES, 32, mean=MEAN, std=STD,
+                                   model_kwargs={"batchnorm_momentum": HYP["batchnorm_momentum"]})
+        os.makedirs(os.path.dirname(os.path.abspath(args.save)), exist_ok=True)
+        minidl.save({"model": model.state_dict(), "meta": meta}, args.save)
+        print(f"weights saved to {args.save} (python -m minidl predict --checkpoint "
+              f"{args.save} IMAGE...)", flush=True)
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=1))
     return result

@@ -29,6 +29,7 @@ import minidl
 from minidl import nn, optim
 from minidl.data import FASHION_MNIST_CLASSES, DataLoader, load_fashion_mnist
 from minidl.data import transforms as T
+from minidl.inference import prediction_metadata
 from minidl.models import seed_cnn
 from minidl.train import ModelCheckpoint, PrintEpoch, Trainer
 
@@ -105,8 +106,11 @@ def main(argv: list[str] | None = None) -> dict:
     model.summary((1, 1, 28, 28))
     optimizer = optim.Adam(model.parameters(), lr=args.lr)
     callbacks = [ModelCheckpoint(out, monitor="val_accuracy"), PrintEpoch()]
+    meta = prediction_metadata("seed_cnn", FASHION_MNIST_CLASSES, 28, mode="L", mean=MEAN,
+                               std=STD, model_kwargs={"num_classes": 10, "in_channels": 1,
+                                                      "image_size": 28})
     trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), callbacks=callbacks,
-                      progress=not args.no_progress, log_every=20)
+                      progress=not args.no_progress, log_every=20, metadata=meta)
     if args.resume:
         ckpt = out / "last.npz"
         if not ckpt.exists():

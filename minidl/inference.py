@@ -35,7 +35,8 @@ from minidl.serialization import load
 from minidl.train import predict as _logits
 
 _HOW_TO_GET_ONE = (
-    "checkpoints written by examples/cifar10.py carry it; in your own training pass "
+    "checkpoints written by examples/cifar10.py, cifar10_dp.py and fashion_mnist.py (and "
+    "airbench94.py --save) carry it; in your own training pass "
     "Trainer(..., metadata=minidl.inference.prediction_metadata(...))")
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import minidl
-from minidl.data import load_cifar10
-from minidl.data.datasets import CIFAR10_CLASSES
+from minidl.data import load_cifar10, load_fashion_mnist
+from minidl.data.datasets import CIFAR10_CLASSES, FASHION_MNIST_CLASSES
 from minidl.serialization import load
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -285,6 +285,12 @@ def test_fashion_mnist_example_runs_and_resumes(tmp_path, capsys) -> None:
     assert "Total params: 225,034" in text
     check_run_folder(out, 1, first, 60)
     assert first["command"].startswith("fashion_mnist.py --data-dir")
+    # the checkpoint alone classifies grayscale images as the run's evaluation did
+    x_test, y_test = load_fashion_mnist(data, train=False)
+    top = minidl.predict(out / "last.npz", x_test, top=1)
+    names = np.array(FASHION_MNIST_CLASSES)
+    accuracy = np.mean([t[0][0] == names[c] for t, c in zip(top, y_test)])
+    assert accuracy == pytest.approx(first["test_accuracy"], abs=1e-9)
 
     second = fashion.main(common + ["--epochs", "2", "--resume"])
     assert "resumed from" in capsys.readouterr().out
@@ -303,6 +309,33 @@ def test_fashion_mnist_example_data_dir_from_env(tmp_path, monkeypatch, capsys) 
                            "--no-progress", "--out", str(tmp_path / "run")])
     assert result["train_images"] == 40 and result["test_images"] == 10
     assert "40 train / 10 test" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- airbench94
+
+
+def test_airbench94_example_trains_saves_and_predicts(cifar_dir, tmp_path, capsys) -> None:
+    bench = load_example("airbench94")
+    save, summary = tmp_path / "out" / "airbench.npz", tmp_path / "summary.json"
+    common = ["--data-dir", str(cifar_dir), "--no-download", "--limit", "64",
+              "--batch-size", "32", "--epochs", "1", "--test-limit", "20"]
+    result = bench.main(common + ["--save", str(save), "--json", str(summary)])
+    text = capsys.readouterr().out
+    assert "64 train / 20 test images, 2 steps of 32" in text and "weights saved to" in text
+    assert result["steps"] == 2 and result["hyp"]["batch_size"] == 32
+    assert json.loads(summary.read_text()) == result
+    assert 0.0 <= result["tta_acc"] <= 1.0 and np.isfinite(result["history"][0]["train_loss"])
+    # the saved weights alone give the untransformed test accuracy the run printed
+    x_test, y_test = load_cifar10(cifar_dir, train=False, download=False)
+    keep = np.linspace(0, len(x_test) - 1, 20).round().astype(np.int64)
+    top = minidl.predict(save, x_test[keep], top=1)
+    names = np.array(CIFAR10_CLASSES)
+    accuracy = np.mean([t[0][0] == names[c] for t, c in zip(top, y_test[keep])])
+    assert accuracy == pytest.approx(result["test_acc"], abs=1e-9)
+    # a second run does not replace them without --overwrite
+    with pytest.raises(SystemExit):
+        bench.main(common + ["--save", str(save)])
+    assert "--save" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------ CIFAR-10 with DP

@@ -126,8 +126,10 @@ def _scan(op: str, root: Path, extensions: Sequence[str]) -> tuple[list[str], li
         raise DatasetNotFoundError(f"{op}: no images ({', '.join(exts)}) in the class folders "
                                    f"of {root}; expected root/<class name>/<image files>")
     if empty:
+        names = ", ".join(map(repr, empty[:5])) + (f" and {len(empty) - 5} more"
+                                                   if len(empty) > 5 else "")
         raise DatasetNotFoundError(f"{op}: no images ({', '.join(exts)}) in class folder(s) "
-                                   f"{', '.join(map(repr, empty))} of {root}; add images or "
+                                   f"{names} of {root}; add images or "
                                    "remove the folder (a class with no images cannot be "
                                    "learned)")
     return classes, files, np.asarray(labels, dtype=np.int64)

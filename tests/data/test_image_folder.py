@@ -218,6 +218,12 @@ def test_errors_name_what_is_wrong(tmp_path, monkeypatch):
     (root / "sky").mkdir()
     with pytest.raises(DatasetNotFoundError, match="class folder\\(s\\) 'sky' of"):
         ImageFolder(root)
+    for name in "bcdefg":   # a long list of empty folders is cut short
+        (root / name).mkdir()
+    with pytest.raises(DatasetNotFoundError, match="'b', 'c', 'd', 'e', 'f' and 2 more of"):
+        ImageFolder(root)
+    for name in "bcdefg":
+        (root / name).rmdir()
     (root / "sky").rmdir()
     for size in (0, -3, (4,), (4, 0), "32", 2.5, True):
         with pytest.raises(ValueError, match="size must be"):
